@@ -1,0 +1,136 @@
+"""Knowledge distillation from a frozen teacher, LightlyTrain's "distillation v1".
+
+A frozen teacher embeds one augmented view; the student's pooled features go
+through a linear layer to the teacher's dimension. Both embeddings are
+L2-normalized and compared through a FIFO queue of past teacher embeddings that
+serve as pseudo-classes (:class:`~ssl_core.losses.QueueDistillationLoss`). As in
+LightlyTrain, the batch is mixed with a shuffled copy of itself (mixup, lambda ~
+U(0, 1)) and gradients are clipped to norm 1.
+
+References: Beyer et al., "Knowledge distillation: A good teacher is patient and
+consistent", CVPR 2022, https://arxiv.org/abs/2106.05237; LightlyTrain's
+distillation docs, https://docs.lightly.ai/train/stable/methods/distillation.html.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_core.losses import QueueDistillationLoss
+from ssl_core.methods.base import SSLMethod, StepOutput
+
+MAX_QUEUE_SIZE = 8192
+
+# (dataset size below which, queue size): about a quarter to a half of the dataset,
+# so that pseudo-classes are mostly other images, capped at 8192 as in LightlyTrain.
+_QUEUE_BUCKETS = [(50, 16), (100, 32), (250, 64), (500, 128), (1_000, 256), (2_000, 512),
+                  (4_000, 1024), (10_000, 2048), (20_000, 4096)]
+
+
+def auto_queue_size(dataset_size: int) -> int:
+    """Queue size scaled with the dataset size, at most 8192."""
+    for limit, size in _QUEUE_BUCKETS:
+        if dataset_size < limit:
+            return size
+    return MAX_QUEUE_SIZE
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    """Distillation v1 recipe.
+
+    Attributes:
+        temperature: softmax temperature of the pseudo-class logits.
+        queue_size: number of queued teacher embeddings; None = auto_queue_size.
+        mixup: mix each batch with a shuffled copy of itself.
+        gradient_clip_norm: max gradient norm.
+    """
+
+    temperature: float = 0.07
+    queue_size: int | None = None
+    mixup: bool = True
+    gradient_clip_norm: float = 1.0
+
+
+class Distillation(SSLMethod):
+    """Student backbone + linear projection trained to match a frozen teacher.
+
+    Args:
+        backbone: the student, (B, 3, H, W) -> (B, feature_dim).
+        feature_dim: the student's feature size.
+        teacher: frozen module (B, 3, H, W) -> (B, teacher_dim); put in eval mode
+            and excluded from gradients and checkpoints here.
+        teacher_dim: the teacher's embedding size.
+        queue_size: resolved queue size (see :func:`auto_queue_size`).
+    """
+
+    num_views = 1
+    frozen_prefixes = ("teacher.",)
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        teacher: nn.Module,
+        teacher_dim: int,
+        queue_size: int,
+        config: DistillationConfig = DistillationConfig(),
+    ) -> None:
+        super().__init__(backbone)
+        if queue_size < 1 or queue_size > MAX_QUEUE_SIZE:
+            raise ValueError(f"queue_size must be in [1, {MAX_QUEUE_SIZE}], got {queue_size}")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.student_head = nn.Linear(feature_dim, teacher_dim)
+        nn.init.trunc_normal_(self.student_head.weight, std=0.02)
+        self.criterion = QueueDistillationLoss(config.temperature)
+        self.mixup = config.mixup
+        self.gradient_clip_norm = config.gradient_clip_norm
+        # Zeros until filled: an empty slot gives every image the same logit, so it
+        # adds a constant to both distributions and carries no signal.
+        self.register_buffer("queue", torch.zeros(queue_size, teacher_dim))
+
+    def train(self, mode: bool = True) -> "Distillation":
+        super().train(mode)
+        self.teacher.eval()  # BatchNorm/Dropout of the teacher stay frozen.
+        return self
+
+    @torch.no_grad()
+    def embed_teacher(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.teacher(images).flatten(1).float(), dim=1)  # (B, D)
+
+
+    @torch.no_grad()
+    def enqueue(self, teacher_embeddings: torch.Tensor) -> None:
+        """FIFO update: the newest embeddings go to the front, the oldest drop off."""
+        b, q = teacher_embeddings.shape[0], self.queue.shape[0]
+        if b >= q:
+            self.queue.copy_(teacher_embeddings[:q])
+        else:
+            self.queue.copy_(torch.cat([teacher_embeddings, self.queue[: q - b]]))
+
+    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+        (images,) = views
+        if self.mixup:
+            images = mixup(images)
+        teacher = self.embed_teacher(images)  # (B, D)
+        features = self.backbone(images).flatten(1)  # (B, f)
+        student = F.normalize(self.student_head(features).float(), dim=1)  # (B, D)
+        # As in LightlyTrain v1 the current batch joins the queue before the loss,
+        # so each image also has its own teacher embedding as a pseudo-class.
+        self.enqueue(teacher)
+        return StepOutput(loss=self.criterion(teacher, student, self.queue), features=features.detach())
+
+
+def mixup(images: torch.Tensor) -> torch.Tensor:
+    """Convex combination of the batch with a random permutation of itself.
+
+    Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018,
+    https://arxiv.org/abs/1710.09412; one lambda ~ U(0, 1) per batch.
+    """
+    lam = torch.rand(()).item()
+    permutation = torch.randperm(images.shape[0], device=images.device)
+    return lam * images + (1.0 - lam) * images[permutation]

@@ -1,0 +1,310 @@
+"""The one typed schema of ``params.yaml``: a frozen section per pipeline stage.
+
+Loaded and validated once, before any work. A bad value fails with a message that
+names the key, the value and what is allowed, e.g.::
+
+    params.yaml: pretrain.epochs = -1: must be >= 1
+    params.yaml: pretrain.method = 'simclrr': must be one of 'distillation', 'simclr'
+
+Derived values (the learning rate scaled by batch size, the queue size) are
+computed where they are used, never written back here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ssl_core.backbones import available_backbones
+from ssl_core.methods import METHOD_NAMES
+from ssl_core.precision import PRECISIONS
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+def _valid_device(value: str) -> str:
+    if value not in ("auto", "cpu") and not value.startswith(("cuda", "mps")):
+        raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
+    return value
+
+
+def _valid_precision(value: str) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"must be one of {', '.join(repr(p) for p in PRECISIONS)}")
+    return value
+
+
+class _Section(BaseModel):
+    # Frozen, and unknown keys are errors: a typo must not silently use a default.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class IngestParams(_Section):
+    """Where the images come from.
+
+    ``source`` is an image folder (class subfolders, or flat and unlabeled), a
+    .tar/.tar.gz/.tgz/.zip archive, or, with ``format: torchvision-cifar10``, the root
+    folder of torchvision's CIFAR10 (downloaded there when internet exists).
+    """
+
+    source: str = "data/default/cifar10-subset.tar.gz"
+    format: Literal["auto", "folder", "archive", "torchvision-cifar10"] = "auto"
+    # Split of images whose path names none (no train/test/val folder).
+    default_split: str = "train"
+    # Larger images are quarantined: protects against decompression bombs.
+    max_image_pixels: int = Field(default=89_478_485, ge=1)
+
+
+class AugmentParams(_Section):
+    """SimCLR-style views (see ssl_core.augment.ViewConfig)."""
+
+    crop_min_scale: float = Field(default=0.08, gt=0, le=1)
+    jitter_strength: float = Field(default=0.5, ge=0)
+    jitter_prob: float = Field(default=0.8, ge=0, le=1)
+    grayscale_prob: float = Field(default=0.2, ge=0, le=1)
+    flip_prob: float = Field(default=0.5, ge=0, le=1)
+    blur_prob: float = Field(default=0.0, ge=0, le=1)
+
+
+class SimCLRParams(_Section):
+    temperature: float = Field(default=0.5, gt=0)
+    projection_hidden_dim: int = Field(default=512, ge=1)
+    projection_dim: int = Field(default=128, ge=1)
+
+
+class DistillationParams(_Section):
+    temperature: float = Field(default=0.07, gt=0)
+    # "auto" scales the queue with the dataset size (at most 8192).
+    queue_size: int | Literal["auto"] = "auto"
+    mixup: bool = True
+    gradient_clip_norm: float = Field(default=1.0, gt=0)
+
+    @field_validator("queue_size")
+    @classmethod
+    def _queue_bounds(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 8192:
+            raise ValueError("must be 'auto' or an integer in [1, 8192]")
+        return value
+
+
+class TrainingParams(_Section):
+    """A pretraining run: method, backbone and optimization."""
+
+    method: str = "distillation"
+    backbone: str = "resnet18_cifar"
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=256, ge=2)
+    # Peak lr = base_lr * batch_size / 128 (linear scaling, Goyal et al. 2017).
+    base_lr: float = Field(default=0.06, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    warmup_epochs: int = Field(default=0, ge=0)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "bf16-mixed"
+    num_workers: int = Field(default=1, ge=0)
+    # Continue from the last epoch checkpoint of an interrupted run.
+    resume: bool = True
+    augment: AugmentParams = AugmentParams()
+    simclr: SimCLRParams = SimCLRParams()
+    distillation: DistillationParams = DistillationParams()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHOD_NAMES:
+            raise ValueError(f"must be one of {', '.join(repr(m) for m in METHOD_NAMES)}")
+        return value
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in available_backbones():
+            raise ValueError(
+                "must be a torchvision ResNet name, optionally with '_cifar' "
+                "(e.g. 'resnet18_cifar', 'resnet50')"
+            )
+        return value
+
+    _check_device = field_validator("device")(lambda cls, v: _valid_device(v))
+    _check_precision = field_validator("precision")(lambda cls, v: _valid_precision(v))
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.batch_size / 128
+
+
+class TeacherParams(TrainingParams):
+    """The frozen teacher for ``distillation``.
+
+    ``source``:
+      * ``pretrain``: pretrain this teacher here with ``method`` (default; offline).
+      * a path to an embedding-model file (``model.pt`` from a pretrain run).
+      * ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a model
+        registered in MLflow by the register stage.
+      * ``dinov2:<model>``, e.g. ``dinov2:dinov2_vitb14``: DINOv2 from torch.hub
+        (needs internet).
+    """
+
+    source: str = "pretrain"
+    method: str = "simclr"
+    # Input side for DINOv2 teachers (a multiple of 14).
+    dinov2_image_size: int = Field(default=224, ge=14)
+
+    @field_validator("method")
+    @classmethod
+    def _teacher_method(cls, value: str) -> str:
+        if value == "distillation":
+            raise ValueError("a teacher pretrained here cannot itself need a teacher; use 'simclr'")
+        return TrainingParams._known_method(value)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must be 'pretrain', a model.pt path, 'models:/name@alias' or 'dinov2:<model>'")
+        return value
+
+
+class DataParams(_Section):
+    """How images are fed to every network (training, evaluation, export, serving)."""
+
+    image_size: int = Field(default=32, ge=8)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    train_split: str = "train"
+    test_split: str = "test"
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError("every std must be > 0")
+        return value
+
+
+class EvaluateParams(_Section):
+    k: int = Field(default=200, ge=1)
+    temperature: float = Field(default=0.1, gt=0)
+    batch_size: int = Field(default=256, ge=1)
+    # The random-init baseline uses this seed for its weights.
+    baseline_seed: int = 0
+    device: str = "auto"
+    precision: str = "bf16-mixed"
+    num_workers: int = Field(default=1, ge=0)
+
+    _check_device = field_validator("device")(lambda cls, v: _valid_device(v))
+    _check_precision = field_validator("precision")(lambda cls, v: _valid_precision(v))
+
+
+class ExportParams(_Section):
+    opset: int = Field(default=18, ge=13)
+    # Max |ONNX - PyTorch| allowed on the check images; the stage fails above it.
+    tolerance: float = Field(default=1e-4, gt=0)
+    num_check_images: int = Field(default=64, ge=1)
+
+
+class RegisterParams(_Section):
+    experiment: str = "ssl-pipeline"
+    model_name: str = "ssl-embedder"
+    # The challenger becomes champion only if its kNN top-1 beats the champion's by this.
+    champion_margin: float = Field(default=0.0, ge=0)
+
+
+class ServeParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_upload_mb: float = Field(default=10.0, gt=0)
+    max_images_per_request: int = Field(default=64, ge=1)
+
+
+class Params(_Section):
+    """All of params.yaml."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    data: DataParams = DataParams()
+    ingest: IngestParams = IngestParams()
+    teacher: TeacherParams = TeacherParams()
+    pretrain: TrainingParams = TrainingParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    # "register" would shadow BaseModel.register (ABC); the YAML key stays "register".
+    registry: RegisterParams = Field(default=RegisterParams(), alias="register")
+    serve: ServeParams = ServeParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Params":
+        if self.data.train_split == self.data.test_split:
+            raise ValueError(f"data.train_split and data.test_split are both {self.data.train_split!r}; they must differ")
+        return self
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message lists every bad key."""
+
+
+def load_params(path: Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | None = None) -> Params:
+    """Reads and validates params.yaml.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted keys to replace, e.g. ``{"pretrain.epochs": 1}``.
+
+    Raises:
+        ParamsError: naming each bad key, its value and what is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(format_validation_error(error, raw, source)) from None
+
+
+def format_validation_error(error: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {key!r} (check the spelling; see README for the keys)")
+        elif item["type"] == "missing":
+            lines.append(f"{source}: {key} is required")
+        else:
+            lines.append(f"{source}: {key} = {item.get('input')!r}: {message}")
+    return "\n".join(lines)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"override {dotted}: {part} is not a section")
+    node[leaf] = value
+
+
+def params_hash(params: Params) -> str:
+    """Stable short hash of the resolved parameters (tags models in MLflow)."""
+    blob = json.dumps(params.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
