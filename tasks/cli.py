@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="run every stage in order (no DVC, no Prefect)")
     p.set_defaults(handler=stage_run)
+
+    p = sub.add_parser("summary", parents=[common], help="print where the model, metrics and MLflow UI are")
+    p.add_argument("--seconds", type=float, default=None, help="pipeline wall time to report")
+    p.set_defaults(handler=lambda params, args: print_summary(args.seconds))
     return parser
 
 
