@@ -1,0 +1,143 @@
+"""The training loop on real CIFAR-10 images: checkpoints, exact resume, fingerprints, edge cases."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
+from ssl_core.data import ManifestDataset
+from ssl_core.engine import CHECKPOINT_NAME, StepInfo, TrainConfig, train
+from ssl_core.methods import SimCLR, SimCLRConfig
+
+FEATURE_DIM = 16
+FINGERPRINT = "tiny-simclr-v1"
+
+
+def make_method(seed: int = 0) -> SimCLR:
+    """A SimCLR around a one-convolution backbone: fast enough for a 2-core CPU."""
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(
+        nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return SimCLR(backbone, FEATURE_DIM, SimCLRConfig(projection_hidden_dim=32, projection_dim=16))
+
+
+def make_config(epochs: int, batch_size: int = 16) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.1, warmup_epochs=1, seed=7,
+                       device="cpu", precision="fp32", num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(cifar_folder: Path) -> ManifestDataset:
+    view = view_transform(ViewConfig(32), Normalization())
+    return ManifestDataset(cifar_folder, splits=["train"], transform=MultiView([view, view]))
+
+
+def weights(method: SimCLR) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in method.state_dict().items()}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+class Interrupt(Exception):
+    """Stands in for a crash or a killed job in the middle of an epoch."""
+
+
+def test_dataset_yields_two_normalized_views(dataset):
+    assert len(dataset) == 64 and len(dataset.class_names) == 8
+    views, label = dataset[0]
+    assert len(views) == 2 and all(v.shape == (3, 32, 32) for v in views)
+    assert not torch.equal(views[0], views[1])  # two random augmentations
+    assert 0 <= label < 8
+
+
+def test_training_writes_checkpoint_and_history(dataset, tmp_path):
+    method = make_method()
+    before = weights(method)
+    steps: list[StepInfo] = []
+    history = train(method, dataset, make_config(epochs=2), tmp_path / "ckpt", on_step=steps.append)
+    assert not torch.equal(before["backbone.0.weight"], method.state_dict()["backbone.0.weight"])
+    assert (tmp_path / "ckpt" / CHECKPOINT_NAME).is_file()
+    assert [e.epoch for e in history.epochs] == [1, 2]
+    assert all(math.isfinite(e.loss) and e.loss > 0 for e in history.epochs)
+    assert history.resumed_from_epoch == 0
+    assert len(steps) == 2 * 4 and steps[-1].steps_per_epoch == 4
+    state = torch.load(tmp_path / "ckpt" / CHECKPOINT_NAME, weights_only=True)
+    assert state["epoch"] == 2
+    for key, value in method.checkpoint_state().items():
+        assert torch.equal(state["method"][key], value), key
+
+
+def test_two_identical_runs_give_identical_weights(dataset, tmp_path):
+    first, second = make_method(), make_method()
+    train(first, dataset, make_config(epochs=1), tmp_path / "a")
+    train(second, dataset, make_config(epochs=1), tmp_path / "b")
+    assert_same_weights(weights(first), weights(second))
+
+
+def test_resume_after_interruption_is_exact(dataset, tmp_path):
+    uninterrupted = make_method()
+    history_a = train(uninterrupted, dataset, make_config(epochs=3), tmp_path / "a", fingerprint=FINGERPRINT)
+
+    def crash_in_second_epoch(info: StepInfo) -> None:
+        if info.epoch == 1 and info.step_in_epoch == 1:
+            raise Interrupt
+
+    checkpoint_dir = tmp_path / "b"
+    with pytest.raises(Interrupt):
+        train(make_method(), dataset, make_config(epochs=3), checkpoint_dir,
+              fingerprint=FINGERPRINT, on_step=crash_in_second_epoch)
+    assert torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+
+    resumed = make_method()  # a fresh process would rebuild the model from the same seed
+    history_b = train(resumed, dataset, make_config(epochs=3), checkpoint_dir, resume=True, fingerprint=FINGERPRINT)
+
+    assert history_b.resumed_from_epoch == 1
+    assert [e.epoch for e in history_b.epochs] == [1, 2, 3]
+    assert [e.loss for e in history_b.epochs] == [e.loss for e in history_a.epochs]
+    assert_same_weights(weights(uninterrupted), weights(resumed))
+
+
+def test_resume_of_a_finished_run_trains_nothing(dataset, tmp_path):
+    train(make_method(), dataset, make_config(epochs=1), tmp_path, fingerprint=FINGERPRINT)
+    steps: list[StepInfo] = []
+    history = train(make_method(), dataset, make_config(epochs=1), tmp_path, resume=True,
+                    fingerprint=FINGERPRINT, on_step=steps.append)
+    assert steps == [] and history.resumed_from_epoch == 1 and len(history.epochs) == 1
+
+
+def test_checkpoint_of_another_fingerprint_is_ignored(dataset, tmp_path):
+    train(make_method(), dataset, make_config(epochs=1), tmp_path, fingerprint="other-run")
+    fresh = make_method()
+    history = train(fresh, dataset, make_config(epochs=1), tmp_path, resume=True, fingerprint=FINGERPRINT)
+    assert history.resumed_from_epoch == 0
+    assert [e.epoch for e in history.epochs] == [1]
+    # It trained from scratch, like a run that never saw the old checkpoint.
+    scratch = make_method()
+    train(scratch, dataset, make_config(epochs=1), tmp_path / "scratch", fingerprint=FINGERPRINT)
+    assert_same_weights(weights(fresh), weights(scratch))
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["fingerprint"] == FINGERPRINT
+
+
+def test_empty_dataset_raises(dataset, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        train(make_method(), Subset(dataset, []), make_config(epochs=1), tmp_path)
+
+
+def test_batch_larger_than_dataset_is_reduced(dataset, tmp_path):
+    steps: list[StepInfo] = []
+    history = train(make_method(), Subset(dataset, range(10)), make_config(epochs=1, batch_size=256), tmp_path,
+                    on_step=steps.append)
+    assert len(steps) == 1 and steps[0].steps_per_epoch == 1
+    assert len(history.epochs) == 1 and math.isfinite(history.epochs[0].loss)

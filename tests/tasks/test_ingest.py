@@ -1,0 +1,151 @@
+"""Ingest: real images in, manifest out; bad files quarantined, unsafe members refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ssl_core.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from tasks.ingest import REPORT_NAME, IngestError, run, split_and_label, unsafe_member_reason
+from tasks.params import IngestParams
+
+
+def extract(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into / "cifar10-subset"
+
+
+def jpeg_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (20, 12)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_archive_gives_labeled_splits_and_a_faithful_manifest(tiny_cifar_archive: Path, tmp_path: Path) -> None:
+    report = run(IngestParams(source=str(tiny_cifar_archive)), tmp_path / "out")
+    assert report.num_images == 300 and report.splits == {"test": 100, "train": 200}
+    assert len(report.labels) == 10 and set(report.labels.values()) == {30}
+    records = read_manifest(tmp_path / "out" / MANIFEST_NAME)
+    first = records[0]
+    assert first.path.startswith("images/test/airplane/") and first.label == "airplane" and first.split == "test"
+    assert (first.width, first.height) == (32, 32)
+    assert first.sha256 == sha256_file(tmp_path / "out" / first.path)
+    assert report.manifest_sha256 == sha256_file(tmp_path / "out" / MANIFEST_NAME)
+
+
+def test_ingest_is_deterministic(tiny_cifar_archive: Path, tmp_path: Path) -> None:
+    run(IngestParams(source=str(tiny_cifar_archive)), tmp_path / "a")
+    run(IngestParams(source=str(tiny_cifar_archive)), tmp_path / "b")
+    assert (tmp_path / "a" / MANIFEST_NAME).read_bytes() == (tmp_path / "b" / MANIFEST_NAME).read_bytes()
+
+
+def test_image_folder_source(tiny_cifar_archive: Path, tmp_path: Path) -> None:
+    folder = extract(tiny_cifar_archive, tmp_path / "src")
+    report = run(IngestParams(source=str(folder)), tmp_path / "out")
+    assert report.num_images == 300 and report.num_unlabeled == 0
+
+
+def test_flat_folder_is_unlabeled_in_the_default_split(tiny_cifar_archive: Path, tmp_path: Path) -> None:
+    folder = extract(tiny_cifar_archive, tmp_path / "src")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, image in enumerate(sorted((folder / "train").rglob("*.jpg"))[:12]):
+        shutil.copy(image, flat / f"img{i:02d}.jpg")
+    report = run(IngestParams(source=str(flat), default_split="unlabeled"), tmp_path / "out")
+    assert report.num_images == 12 and report.num_unlabeled == 12 and report.splits == {"unlabeled": 12}
+    assert all(r.label is None for r in read_manifest(tmp_path / "out" / MANIFEST_NAME))
+
+
+def test_zip_source(tiny_cifar_archive: Path, tmp_path: Path) -> None:
+    folder = extract(tiny_cifar_archive, tmp_path / "src")
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*.jpg"))[:40]:
+            zf.writestr(path.relative_to(folder.parent).as_posix(), path.read_bytes())
+    report = run(IngestParams(source=str(archive)), tmp_path / "out")
+    assert report.num_images == 40 and set(report.splits) == {"test"}
+
+
+def test_undecodable_files_are_quarantined_with_a_reason_not_dropped(tiny_cifar_archive: Path, tmp_path: Path) -> None:
+    folder = extract(tiny_cifar_archive, tmp_path / "src")
+    good = (folder / "train" / "cat" / "0000.jpg").read_bytes()
+    (folder / "train" / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "train" / "cat" / "notes.jpg").write_text("this is not an image")
+    (folder / "README.txt").write_text("hello")
+    report = run(IngestParams(source=str(folder)), tmp_path / "out")
+    assert report.num_images == 300
+    reasons = {q["path"]: q["reason"] for q in report.quarantined}
+    assert set(reasons) == {"train/cat/truncated.jpg", "train/cat/notes.jpg", "README.txt"}
+    assert "corrupt" in reasons["train/cat/truncated.jpg"]
+    assert "UnidentifiedImageError" in reasons["train/cat/notes.jpg"]
+    assert (tmp_path / "out" / "quarantine" / "train" / "cat" / "truncated.jpg").is_file()
+    saved = json.loads((tmp_path / "out" / REPORT_NAME).read_text())
+    assert len(saved["quarantined"]) == 3
+
+
+def test_unsafe_archive_members_are_refused_and_never_written(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.tar"
+    data = jpeg_bytes()
+    with tarfile.open(archive, "w") as tar:
+        for name in ("set/train/cat/ok.jpg", "../escape.jpg", "/tmp/absolute.jpg", "set/train/../../up.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("set/train/cat/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    out = tmp_path / "nested" / "out"
+    report = run(IngestParams(source=str(archive)), out)
+    assert report.num_images == 1
+    assert {r["member"] for r in report.refused} == {"../escape.jpg", "/tmp/absolute.jpg", "set/train/../../up.jpg",
+                                                     "set/train/cat/link.jpg"}
+    assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "nested" / "escape.jpg").exists()
+    assert not (tmp_path / "up.jpg").exists() and not Path("/tmp/absolute.jpg").exists()
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == {"images/train/cat/ok.jpg", MANIFEST_NAME, REPORT_NAME}
+
+
+def test_unsafe_member_rules() -> None:
+    assert unsafe_member_reason("a/b.jpg") is None
+    assert unsafe_member_reason("../b.jpg") and unsafe_member_reason("/b.jpg") and unsafe_member_reason("C:/b.jpg")
+    assert unsafe_member_reason("a\\..\\..\\b.jpg")
+
+
+def test_split_and_label_from_paths() -> None:
+    from pathlib import PurePosixPath as P
+
+    assert split_and_label(P("train/cat/1.jpg"), "train") == ("train", "cat")
+    assert split_and_label(P("VAL/n01/1.jpg"), "train") == ("val", "n01")
+    assert split_and_label(P("cat/1.jpg"), "train") == ("train", "cat")
+    assert split_and_label(P("1.jpg"), "unlabeled") == ("unlabeled", None)
+
+
+def test_missing_and_empty_sources_fail_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match=r"ingest.source '.*nope' does not exist: set it to an image folder"):
+        run(IngestParams(source=str(tmp_path / "nope")), tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IngestError, match="is empty"):
+        run(IngestParams(source=str(tmp_path / "empty")), tmp_path / "out")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.txt").write_text("x")
+    with pytest.raises(IngestError, match="No decodable image"):
+        run(IngestParams(source=str(junk)), tmp_path / "out2")
+
+
+def test_decompression_bomb_is_quarantined(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big.jpg").write_bytes(jpeg_bytes(size=(300, 300)))
+    (source / "small.jpg").write_bytes(jpeg_bytes(size=(10, 10)))
+    report = run(IngestParams(source=str(source), max_image_pixels=1000), tmp_path / "out")
+    assert report.num_images == 1
+    assert "DecompressionBomb" in report.quarantined[0]["reason"]

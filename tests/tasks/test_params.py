@@ -1,0 +1,94 @@
+"""params.yaml validation: bad values fail before any work, naming key, value and choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.params import Params, ParamsError, load_params, params_hash
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_params(tmp_path: Path, **sections) -> Path:
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_shipped_params_are_valid_and_match_schema_defaults_where_documented() -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.pretrain.method == "distillation"
+    assert params.pretrain.backbone == "resnet18_cifar"
+    assert params.evaluate.k == 200 and params.evaluate.temperature == 0.1
+    assert params.serve.host == "127.0.0.1"
+
+
+def test_unknown_method_names_key_value_and_choices(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError) as error:
+        load_params(write_params(tmp_path, pretrain={"method": "simclrr"}))
+    message = str(error.value)
+    assert "pretrain.method" in message and "'simclrr'" in message
+    assert "'distillation'" in message and "'simclr'" in message
+
+
+def test_negative_epochs(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"pretrain\.epochs = -1: .*greater than or equal to 1"):
+        load_params(write_params(tmp_path, pretrain={"epochs": -1}))
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"teacher\.batch_size = 'many': .*integer"):
+        load_params(write_params(tmp_path, teacher={"batch_size": "many"}))
+
+
+def test_unknown_key_is_an_error_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"unknown key 'pretrain.epoch'"):
+        load_params(write_params(tmp_path, pretrain={"epoch": 5}))
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError) as error:
+        load_params(write_params(tmp_path, pretrain={"epochs": 0, "backbone": "resnet19"}, evaluate={"k": 0}))
+    message = str(error.value)
+    assert "pretrain.epochs" in message and "pretrain.backbone = 'resnet19'" in message and "evaluate.k" in message
+    assert "resnet18_cifar" in message  # says what is allowed
+
+
+def test_teacher_cannot_be_distilled(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match=r"teacher\.method = 'distillation'"):
+        load_params(write_params(tmp_path, teacher={"method": "distillation"}))
+
+
+def test_same_split_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="train_split and data.test_split"):
+        load_params(write_params(tmp_path, data={"test_split": "train"}))
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pretrain: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_overrides_and_derived_lr(tmp_path: Path) -> None:
+    params = load_params(REPO_ROOT / "params.yaml", {"pretrain.batch_size": 512, "pretrain.base_lr": 0.06})
+    assert params.pretrain.lr == pytest.approx(0.06 * 512 / 128)
+    with pytest.raises(ParamsError, match="pretrain.epochs"):
+        load_params(REPO_ROOT / "params.yaml", {"pretrain.epochs": "x"})
+
+
+def test_params_are_frozen_and_hash_is_stable() -> None:
+    params = Params()
+    with pytest.raises(Exception):
+        params.pretrain.epochs = 5  # type: ignore[misc]
+    assert params_hash(params) == params_hash(Params())
+    assert params_hash(params) != params_hash(Params.model_validate({"pretrain": {"epochs": 7}}))
