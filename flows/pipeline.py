@@ -26,6 +26,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Prefect's database inside the project instead of the home folder.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", str(PROJECT_DIR / ".prefect"))
+# The temporary API server needs ~10 s to start on 2 idle cores; the default 20 s
+# limit fails on a loaded machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.states import Completed, State  # noqa: E402

@@ -79,11 +79,19 @@ def test_training_writes_checkpoint_and_history(dataset, tmp_path):
         assert torch.equal(state["method"][key], value), key
 
 
-def test_two_identical_runs_give_identical_weights(dataset, tmp_path):
-    first, second = make_method(), make_method()
-    train(first, dataset, make_config(epochs=1), tmp_path / "a")
-    train(second, dataset, make_config(epochs=1), tmp_path / "b")
-    assert_same_weights(weights(first), weights(second))
+@pytest.fixture(scope="module")
+def one_epoch_run(dataset, tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
+    """Weights and checkpoint folder of a 1-epoch run from scratch, shared by several tests."""
+    checkpoint_dir = tmp_path_factory.mktemp("one_epoch")
+    method = make_method()
+    train(method, dataset, make_config(epochs=1), checkpoint_dir, fingerprint=FINGERPRINT)
+    return weights(method), checkpoint_dir
+
+
+def test_two_identical_runs_give_identical_weights(dataset, one_epoch_run, tmp_path):
+    second = make_method()
+    train(second, dataset, make_config(epochs=1), tmp_path, fingerprint=FINGERPRINT)
+    assert_same_weights(one_epoch_run[0], weights(second))
 
 
 def test_resume_after_interruption_is_exact(dataset, tmp_path):
@@ -109,24 +117,24 @@ def test_resume_after_interruption_is_exact(dataset, tmp_path):
     assert_same_weights(weights(uninterrupted), weights(resumed))
 
 
-def test_resume_of_a_finished_run_trains_nothing(dataset, tmp_path):
-    train(make_method(), dataset, make_config(epochs=1), tmp_path, fingerprint=FINGERPRINT)
+def test_resume_of_a_finished_run_trains_nothing(dataset, one_epoch_run):
+    expected, checkpoint_dir = one_epoch_run
+    method = make_method(seed=123)
     steps: list[StepInfo] = []
-    history = train(make_method(), dataset, make_config(epochs=1), tmp_path, resume=True,
+    history = train(method, dataset, make_config(epochs=1), checkpoint_dir, resume=True,
                     fingerprint=FINGERPRINT, on_step=steps.append)
     assert steps == [] and history.resumed_from_epoch == 1 and len(history.epochs) == 1
+    assert_same_weights(expected, weights(method))  # the checkpoint's weights were loaded
 
 
-def test_checkpoint_of_another_fingerprint_is_ignored(dataset, tmp_path):
-    train(make_method(), dataset, make_config(epochs=1), tmp_path, fingerprint="other-run")
+def test_checkpoint_of_another_fingerprint_is_ignored(dataset, one_epoch_run, tmp_path):
+    train(make_method(seed=5), dataset, make_config(epochs=1), tmp_path, fingerprint="other-run")
     fresh = make_method()
     history = train(fresh, dataset, make_config(epochs=1), tmp_path, resume=True, fingerprint=FINGERPRINT)
     assert history.resumed_from_epoch == 0
     assert [e.epoch for e in history.epochs] == [1]
-    # It trained from scratch, like a run that never saw the old checkpoint.
-    scratch = make_method()
-    train(scratch, dataset, make_config(epochs=1), tmp_path / "scratch", fingerprint=FINGERPRINT)
-    assert_same_weights(weights(fresh), weights(scratch))
+    # It trained from scratch, exactly like a run that never saw the other checkpoint.
+    assert_same_weights(one_epoch_run[0], weights(fresh))
     assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["fingerprint"] == FINGERPRINT
 
 

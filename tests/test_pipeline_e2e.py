@@ -1,0 +1,177 @@
+"""End to end on 300 real CIFAR-10 images: DVC, Prefect, MLflow registry, serving, CLI.
+
+One project copy in a temporary folder goes through the whole life of a user's
+repository, in order: ``dvc repro``; ``dvc repro`` again (a no-op); the Prefect flow
+(every stage Cached); a parameter change (only downstream stages rerun); the
+champion served by registry alias; the champion reused as a distillation teacher;
+and the CLI's ``sslpipe run`` in a second copy giving the same metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "teacher": {"epochs": 1, "batch_size": 64, "num_workers": 0},
+    "pretrain": {"epochs": 1, "batch_size": 64, "num_workers": 0},
+    "evaluate": {"num_workers": 0},
+}
+STAGES = ("ingest", "teacher", "pretrain", "evaluate", "export", "register")
+
+
+def make_project(destination: Path, archive: Path) -> Path:
+    """A copy of this repository's tracked files, on the tiny dataset, as a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for relative in listed:
+        if (REPO_ROOT / relative).is_file():
+            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / relative, destination / relative)
+    shutil.copy(archive, destination / "data/default/cifar10-subset.tar.gz")
+    params = yaml.safe_load((destination / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "init"]):
+        subprocess.run(command, cwd=destination, check=True)
+    return destination
+
+
+def environment(project: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    env["PREFECT_HOME"] = str(project / ".prefect")
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    return env
+
+
+def sh(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=project, env=environment(project), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, tiny_cifar_archive: Path) -> Path:
+    return make_project(tmp_path_factory.mktemp("project"), tiny_cifar_archive)
+
+
+@pytest.fixture(scope="module")
+def first_metrics(project: Path) -> dict:
+    result = sh(project, "dvc", "repro")
+    assert ran_stages(result.stdout) == list(STAGES)
+    return json.loads((project / "reports/evaluate/metrics.json").read_text())
+
+
+def test_dvc_repro_runs_the_whole_chain(project: Path, first_metrics: dict) -> None:
+    assert 0.0 < first_metrics["student"]["top1"] <= 1.0 and 0.0 < first_metrics["random_init"]["top1"] <= 1.0
+    assert first_metrics["num_bank"] == 200 and first_metrics["num_queries"] == 100
+    for output in ("data/ingested/manifest.csv", "models/teacher/model.pt", "models/student/model.pt",
+                   "models/student/training.png", "reports/evaluate/knn.png", "models/onnx/model.onnx"):
+        assert (project / output).is_file(), output
+    export = json.loads((project / "models/onnx/export_report.json").read_text())
+    assert export["max_abs_difference"] <= export["tolerance"]
+    registration = json.loads((project / "reports/registration.json").read_text())
+    assert registration["version"] == "1" and registration["aliases"] == ["challenger", "champion"]
+
+
+def test_second_repro_is_a_no_op(project: Path, first_metrics: dict) -> None:
+    result = sh(project, "dvc", "repro")
+    assert ran_stages(result.stdout) == [] and "up to date" in result.stdout
+
+
+def test_prefect_flow_reports_every_stage_cached(project: Path, first_metrics: dict) -> None:
+    result = sh(project, sys.executable, "-m", "flows.pipeline")
+    lines = dict(line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGES)
+    assert lines == {stage: "Cached" for stage in STAGES}
+
+
+def test_one_param_change_reruns_only_downstream_stages(project: Path, first_metrics: dict) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["k"] = 50
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = sh(project, "dvc", "repro")
+    assert ran_stages(result.stdout) == ["evaluate", "register"]
+    registration = json.loads((project / "reports/registration.json").read_text())
+    assert registration["version"] == "2" and "challenger" in registration["aliases"]
+    for tag in ("git_commit", "dataset_manifest_sha256", "params_hash", "knn_top1"):
+        assert registration["tags"][tag]
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("ssl-embedder", "2")
+    assert version.tags["params_hash"] == registration["tags"]["params_hash"]
+    assert "challenger" in version.aliases
+
+
+def test_served_champion_equals_the_onnx_file(project: Path, first_metrics: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from ssl_core.onnx_embedder import OnnxEmbedder
+    from tasks.serve import create_app, resolve_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    model = resolve_model("models:/ssl-embedder@champion", project / "models/serving")
+    images = sorted((project / "data/ingested/images/test").rglob("*.jpg"))[:4]
+    with TestClient(create_app(model)) as client:
+        response = client.post("/embed", files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images])
+    assert response.status_code == 200
+    direct = OnnxEmbedder(project / "models/onnx/model.onnx").embed([Image.open(p) for p in images])
+    np.testing.assert_allclose(np.array(response.json()["embeddings"]), direct, atol=1e-5)
+
+
+def test_registered_model_serves_as_distillation_teacher(project: Path, first_metrics: dict, tmp_path: Path) -> None:
+    import torch
+
+    from ssl_core.model_file import load_embedding_model
+
+    sh(project, "sslpipe", "teacher", "--set", "teacher.source=models:/ssl-embedder@champion",
+       "--out", str(tmp_path / "teacher"), "--checkpoints", str(tmp_path / "ckpt"))
+    teacher, _ = load_embedding_model(tmp_path / "teacher/model.pt")
+    student, _ = load_embedding_model(project / "models/student/model.pt")
+    for (name, a), (_, b) in zip(teacher.state_dict().items(), student.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_bad_input_gets_one_line_errors(project: Path, first_metrics: dict, tmp_path: Path) -> None:
+    result = sh(project, "sslpipe", "pretrain", "--set", "pretrain.method=mocov9", check=False)
+    assert result.returncode == 2
+    assert "pretrain.method = 'mocov9'" in result.stderr and "'distillation'" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = sh(project, "sslpipe", "pretrain", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "s"),
+                check=False)
+    assert result.returncode == 2 and "run the teacher stage first" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = sh(project, "sslpipe", "ingest", "--set", f"ingest.source={tmp_path / 'empty'}", "--out",
+                str(tmp_path / "ing"), check=False)
+    assert result.returncode == 2 and "is empty" in result.stderr
+
+
+def test_cli_run_reproduces_the_dvc_metrics(first_metrics: dict, tiny_cifar_archive: Path, tmp_path: Path) -> None:
+    other = make_project(tmp_path / "again", tiny_cifar_archive)
+    result = sh(other, "sslpipe", "run")
+    assert "Pipeline finished" in result.stdout and "MLflow UI" in result.stdout
+    metrics = json.loads((other / "reports/evaluate/metrics.json").read_text())
+    assert metrics == first_metrics
