@@ -40,7 +40,7 @@ def load_teacher_file(path: Path) -> Teacher:
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"Teacher checkpoint {path} not found: pretrain a teacher first "
-            f"(`sslpipe pretrain --role teacher`) or point pretrain.teacher.source elsewhere."
+            f"or point to an existing embedding-model file (model.pt of a pretrain run)."
         )
     backbone, info = load_embedding_model(path)
     return Teacher(_frozen(backbone), info.feature_dim, f"{info.backbone} from {path}")
@@ -79,8 +79,8 @@ def load_dinov2_teacher(name: str = "dinov2_vitb14", image_size: int = 224) -> T
         network = torch.hub.load("facebookresearch/dinov2", name, trust_repo=True)
     except Exception as error:  # hub raises URLError, HTTPError, OSError... depending on the failure
         raise RuntimeError(
-            f"Could not load {name} from torch.hub ({error}). Without internet, use a teacher "
-            f"checkpoint file or an MLflow model instead (pretrain.teacher.source)."
+            f"Could not load {name} from torch.hub ({error}). Without internet, use an "
+            f"embedding-model file as the teacher instead."
         ) from error
     module = ResizeTo(network, image_size)
     return Teacher(_frozen(module), infer_feature_dim(module, image_size), f"{name} from torch.hub")

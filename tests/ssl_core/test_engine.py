@@ -40,6 +40,15 @@ def dataset(cifar_folder: Path) -> ManifestDataset:
     return ManifestDataset(cifar_folder, splits=["train"], transform=MultiView([view, view]))
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(dataset, tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
+    """Weights and checkpoint folder of a 1-epoch run from scratch, shared by several tests."""
+    checkpoint_dir = tmp_path_factory.mktemp("one_epoch")
+    method = make_method()
+    train(method, dataset, make_config(epochs=1), checkpoint_dir, fingerprint=FINGERPRINT)
+    return weights(method), checkpoint_dir
+
+
 def weights(method: SimCLR) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in method.state_dict().items()}
 
@@ -54,7 +63,7 @@ class Interrupt(Exception):
     """Stands in for a crash or a killed job in the middle of an epoch."""
 
 
-def test_dataset_yields_two_normalized_views(dataset):
+def test_dataset_yields_two_random_views(dataset):
     assert len(dataset) == 64 and len(dataset.class_names) == 8
     views, label = dataset[0]
     assert len(views) == 2 and all(v.shape == (3, 32, 32) for v in views)
@@ -77,15 +86,6 @@ def test_training_writes_checkpoint_and_history(dataset, tmp_path):
     assert state["epoch"] == 2
     for key, value in method.checkpoint_state().items():
         assert torch.equal(state["method"][key], value), key
-
-
-@pytest.fixture(scope="module")
-def one_epoch_run(dataset, tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path]:
-    """Weights and checkpoint folder of a 1-epoch run from scratch, shared by several tests."""
-    checkpoint_dir = tmp_path_factory.mktemp("one_epoch")
-    method = make_method()
-    train(method, dataset, make_config(epochs=1), checkpoint_dir, fingerprint=FINGERPRINT)
-    return weights(method), checkpoint_dir
 
 
 def test_two_identical_runs_give_identical_weights(dataset, one_epoch_run, tmp_path):

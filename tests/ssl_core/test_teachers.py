@@ -41,7 +41,7 @@ def test_missing_teacher_file_says_how_to_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrain") as error:
         load_teacher_file(tmp_path / "nope.pt")
     message = str(error.value)
-    assert "nope.pt" in message and "pretrain.teacher.source" in message
+    assert "nope.pt" in message and "model.pt" in message
 
 
 def test_unknown_dinov2_name_raises():
@@ -60,7 +60,7 @@ def test_unreachable_hub_raises_runtime_error_with_alternative(monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(teachers.torch.hub, "load", offline)
-    with pytest.raises(RuntimeError, match="teacher checkpoint file"):
+    with pytest.raises(RuntimeError, match="embedding-model file as the teacher"):
         load_dinov2_teacher("dinov2_vits14", 28)
 
 
