@@ -43,7 +43,9 @@ def reproduce_stage(stage: str, project_dir: str) -> State:
 
     logger = get_run_logger()
     # The stage command is `sslpipe ...`: make the interpreter running this flow provide it.
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     with Repo(project_dir) as repo:
         reproduced = repo.reproduce(stage, single_item=True)
     if not reproduced:

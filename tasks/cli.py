@@ -69,7 +69,8 @@ def stage_serve(params: Params, args: argparse.Namespace) -> Any:
     from tasks.serve import serve
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
-    serve(args.model, params.serve.model_copy(update=overrides), args.cache)
+    model = args.model or f"models:/{params.registry.model_name}@champion"
+    serve(model, params.serve.model_copy(update=overrides), args.cache)
 
 
 def stage_run(params: Params, args: argparse.Namespace) -> Any:
@@ -168,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=stage_register)
 
     p = sub.add_parser("serve", parents=[common], help="serve embeddings over HTTP from an ONNX model")
-    p.add_argument("--model", default=f"models:/{Params().registry.model_name}@champion",
-                   help="ONNX file or MLflow URI models:/<name>@<alias> (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="ONNX file or MLflow URI models:/<name>@<alias> "
+                        "(default: models:/<register.model_name>@champion)")
     p.add_argument("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
     _add_paths(p, cache=(Path("models/serving"), "where registry models are downloaded"))

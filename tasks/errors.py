@@ -9,11 +9,13 @@ from tasks.evaluate import EvaluationError
 from tasks.export import ExportMismatchError
 from tasks.ingest import IngestError
 from tasks.params import ParamsError
+from tasks.pretrain import PretrainError
 from tasks.teacher import TeacherError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ParamsError,
     IngestError,
+    PretrainError,
     TeacherError,
     EvaluationError,
     ExportMismatchError,

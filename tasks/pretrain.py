@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +33,10 @@ from tasks.plots import plot_training_history
 logger = logging.getLogger(__name__)
 
 
+class PretrainError(ValueError):
+    """Pretraining cannot start with this data or teacher; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class PretrainResult:
     model_path: Path
@@ -51,7 +55,7 @@ def build_method(training: TrainingParams, num_images: int, teacher: Teacher | N
         return SimCLR(backbone.module, backbone.feature_dim, config)
     if training.method == "distillation":
         if teacher is None:
-            raise ValueError("pretrain.method 'distillation' needs a teacher: run the teacher stage first.")
+            raise PretrainError("pretrain.method 'distillation' needs a teacher: run the teacher stage first.")
         d = training.distillation
         queue_size = auto_queue_size(num_images) if d.queue_size == "auto" else d.queue_size
         config = DistillationConfig(d.temperature, queue_size, d.mixup, d.gradient_clip_norm)
@@ -81,7 +85,7 @@ def run(
     seed_everything(training.seed)  # the backbone's initial weights
     dataset = ManifestDataset(ingested, splits=[data.train_split])
     if len(dataset) == 0:
-        raise ValueError(
+        raise PretrainError(
             f"No images in split {data.train_split!r} of {ingested}: set data.train_split to one of the "
             f"ingested splits (see {ingested / 'ingest_report.json'})."
         )
@@ -116,7 +120,7 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     info = EmbeddingModelInfo(
         backbone=training.backbone,
-        feature_dim=build_backbone(training.backbone).feature_dim,
+        feature_dim=method.feature_dim,
         image_size=data.image_size,
         normalization=normalization(data),
         method=training.method,

@@ -88,5 +88,8 @@ def load(teacher_dir: Path) -> Teacher | None:
     if spec["kind"] == "none":
         return None
     if spec["kind"] == "dinov2":
-        return load_dinov2_teacher(spec["name"], spec["image_size"])
+        try:
+            return load_dinov2_teacher(spec["name"], spec["image_size"])
+        except RuntimeError as error:  # no internet: the message says what to use instead
+            raise TeacherError(str(error)) from None
     return load_teacher_file(teacher_dir / MODEL_FILE)

@@ -9,13 +9,11 @@ and the CLI's ``sslpipe run`` in a second copy giving the same metrics.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np

@@ -32,6 +32,7 @@ class SSLMethod(nn.Module):
 
     Attributes:
         backbone: maps (B, 3, H, W) images to (B, feature_dim) features.
+        feature_dim: size of the backbone's features (the embedding size).
         num_views: how many random views of each image :meth:`training_step` needs.
         frozen_prefixes: state-dict prefixes of frozen modules (teachers) that are
             rebuilt from their own source and so are left out of checkpoints.
@@ -42,9 +43,10 @@ class SSLMethod(nn.Module):
     frozen_prefixes: tuple[str, ...] = ()
     gradient_clip_norm: float | None = None
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
+        self.feature_dim = feature_dim
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         """Loss of one batch; ``views`` holds num_views tensors of shape (B, 3, H, W)."""

@@ -80,7 +80,7 @@ class Distillation(SSLMethod):
         queue_size: int,
         config: DistillationConfig = DistillationConfig(),
     ) -> None:
-        super().__init__(backbone)
+        super().__init__(backbone, feature_dim)
         if queue_size < 1 or queue_size > MAX_QUEUE_SIZE:
             raise ValueError(f"queue_size must be in [1, {MAX_QUEUE_SIZE}], got {queue_size}")
         self.teacher = teacher.eval().requires_grad_(False)

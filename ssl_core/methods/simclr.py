@@ -31,7 +31,7 @@ class SimCLR(SSLMethod):
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SimCLRConfig = SimCLRConfig()) -> None:
-        super().__init__(backbone)
+        super().__init__(backbone, feature_dim)
         self.projection_head = projection_mlp(feature_dim, config.projection_hidden_dim, config.projection_dim)
         self.criterion = NTXentLoss(config.temperature)
 
