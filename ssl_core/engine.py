@@ -161,6 +161,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             views = [v.to(device, non_blocking=True) for v in views]
+            method.before_step(global_step, len(lr_schedule))
             with autocast(device, config.precision):
                 output = method.training_step(views)
             optimizer.zero_grad(set_to_none=True)
@@ -168,6 +169,7 @@ def train(
             if method.gradient_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), method.gradient_clip_norm)
             optimizer.step()
+            method.after_optimizer_step()
             loss_sum += output.loss.detach()
             std_sum += F.normalize(output.features.float(), dim=1).std(dim=0).mean()
             if on_step is not None:

@@ -52,6 +52,16 @@ class SSLMethod(nn.Module):
         """Loss of one batch; ``views`` holds num_views tensors of shape (B, 3, H, W)."""
         raise NotImplementedError
 
+    def before_step(self, step: int, total_steps: int) -> None:
+        """Called by the engine before each training step (0-based ``step``).
+
+        Methods with per-step schedules (EMA momentum, teacher temperature) set
+        them here, from the precomputed schedule indexed by ``step``.
+        """
+
+    def after_optimizer_step(self) -> None:
+        """Called by the engine after each optimizer step: EMA updates of target networks."""
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
 
