@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ssl_core.config_checks import require_positive
 from ssl_core.heads import projection_mlp
 from ssl_core.losses import NTXentLoss
 from ssl_core.methods.base import SSLMethod, StepOutput
@@ -23,6 +24,9 @@ class SimCLRConfig:
     temperature: float = 0.5
     projection_hidden_dim: int = 512
     projection_dim: int = 128
+
+    def __post_init__(self) -> None:
+        require_positive(self, "temperature", "projection_hidden_dim", "projection_dim")
 
 
 class SimCLR(SSLMethod):

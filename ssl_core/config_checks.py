@@ -1,0 +1,25 @@
+"""Checks for recipe dataclasses, called from their ``__post_init__``.
+
+Configs fail when they are built (from params.yaml, before any work), with the
+field, the value and what is allowed, instead of deep inside a training step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def require_positive(config: Any, *names: str) -> None:
+    """Each named field must be > 0 (dims, temperatures, sizes)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} = {value!r}: must be > 0")
+
+
+def require_unit_interval(config: Any, *names: str) -> None:
+    """Each named field must lie in [0, 1] (momentums, probabilities, fractions)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} = {value!r}: must be in [0, 1]")

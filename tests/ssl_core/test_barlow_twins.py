@@ -1,0 +1,231 @@
+"""BarlowTwinsLoss against eq. 1 written out and lightly, its invariants; the BarlowTwins method."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
+from ssl_core.data import ManifestDataset
+from ssl_core.engine import TrainConfig, train
+from ssl_core.losses.barlow_twins import BarlowTwinsLoss
+from ssl_core.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
+
+FEATURE_DIM = 16
+TINY = BarlowTwinsConfig(projection_hidden_dim=32, projection_dim=24)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: these tensors are too small to gain from more, and on the
+    shared 2-core machine a second, contended OpenMP thread made steps up to 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reference_barlow_twins(z0: torch.Tensor, z1: torch.Tensor, lambda_: float) -> float:
+    """Eq. 1 element by element: C_ij = sum_b z0n[b, i] z1n[b, j] / n over batch-standardized columns.
+
+    Standardized as BatchNorm (and the official code, and lightly) do: biased variance, eps 1e-5.
+    """
+    n, d = z0.shape
+
+    def standardized_columns(z: torch.Tensor) -> list[list[float]]:
+        columns = []
+        for column in z.T.tolist():
+            mean = sum(column) / n
+            variance = sum((x - mean) ** 2 for x in column) / n
+            columns.append([(x - mean) / math.sqrt(variance + 1e-5) for x in column])
+        return columns
+
+    a, b = standardized_columns(z0), standardized_columns(z1)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            c_ij = sum(a[i][k] * b[j][k] for k in range(n)) / n
+            loss += (1.0 - c_ij) ** 2 if i == j else lambda_ * c_ij**2
+    return loss
+
+
+def whitened(n: int, d: int, seed: int) -> torch.Tensor:
+    """(n, d) data with zero mean and identity (biased) covariance: decorrelated, unit-variance columns."""
+    z = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z = z - z.mean(dim=0)
+    covariance = z.T @ z / n  # (d, d)
+    return (z @ torch.linalg.inv(torch.linalg.cholesky(covariance)).T).float()
+
+
+def tiny_backbone() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def make_method(seed: int = 0, config: BarlowTwinsConfig = TINY) -> BarlowTwins:
+    torch.manual_seed(seed)
+    return BarlowTwins(tiny_backbone(), FEATURE_DIM, config)
+
+
+def images(seed: int = 0, batch: int = 8) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, 16, 16, generator=generator) for _ in range(2)]
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lambda_", [0.0, 5e-3, 0.5])
+def test_loss_matches_paper_equation(lambda_):
+    generator = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(8, 6, generator=generator), torch.randn(8, 6, generator=generator)
+    loss = BarlowTwinsLoss(lambda_)(z0, z1)
+    assert loss.item() == pytest.approx(reference_barlow_twins(z0, z1, lambda_), abs=1e-5)
+
+
+@pytest.mark.parametrize("lambda_", [5e-3, 0.1])
+def test_loss_matches_lightly(lambda_):
+    lightly_loss = pytest.importorskip("lightly.loss")
+    generator = torch.Generator().manual_seed(1)
+    z0, z1 = torch.randn(16, 32, generator=generator), torch.randn(16, 32, generator=generator)
+    z1 = z1 + z0  # correlated views, so that both terms matter
+    expected = lightly_loss.BarlowTwinsLoss(lambda_param=lambda_, gather_distributed=False)(z0, z1)
+    assert BarlowTwinsLoss(lambda_)(z0, z1).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_identical_whitened_embeddings_are_the_minimum():
+    """z0 = z1 with decorrelated unit-variance columns gives C = I (up to eps), so loss ~ 0."""
+    z = whitened(64, 8, seed=2)
+    loss = BarlowTwinsLoss()
+    assert loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(z, torch.randn(64, 8)).item() > 1.0
+
+
+def test_opposite_whitened_embeddings_give_four_per_dimension():
+    """z1 = -z0 makes C = -I: each diagonal term is (1 - (-1))^2 = 4."""
+    z = whitened(64, 8, seed=3)
+    assert BarlowTwinsLoss()(z, -z).item() == pytest.approx(4.0 * 8, abs=1e-3)
+
+
+def test_redundant_dimensions_are_penalized_by_lambda():
+    """Two copies of one column in both views: C_01 = C_10 = 1, two off-diagonal terms of lambda each."""
+    z = whitened(64, 4, seed=4)
+    z[:, 1] = z[:, 0]
+    assert BarlowTwinsLoss(lambda_=0.25)(z, z.clone()).item() == pytest.approx(2 * 0.25, abs=1e-3)
+
+
+def test_loss_is_symmetric_in_the_two_views():
+    torch.manual_seed(5)
+    z0, z1 = torch.randn(16, 12), torch.randn(16, 12)
+    loss = BarlowTwinsLoss()
+    torch.testing.assert_close(loss(z0, z1), loss(z1, z0))
+
+
+def test_loss_is_invariant_to_per_dimension_shift_and_scale():
+    torch.manual_seed(6)
+    z0, z1 = torch.randn(16, 12), torch.randn(16, 12)
+    scale, shift = torch.rand(12) + 0.5, torch.randn(12)
+    loss = BarlowTwinsLoss()
+    torch.testing.assert_close(loss(z0, z1), loss(z0 * scale + shift, z1), atol=1e-4, rtol=1e-5)
+
+
+def test_loss_ignores_bf16_autocast():
+    torch.manual_seed(7)
+    z0, z1 = torch.randn(32, 64), torch.randn(32, 64)
+    expected = BarlowTwinsLoss()(z0, z1)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = BarlowTwinsLoss()(z0, z1)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected)
+
+
+def test_gradient_reaches_both_views():
+    z0, z1 = torch.randn(8, 6, requires_grad=True), torch.randn(8, 6, requires_grad=True)
+    BarlowTwinsLoss()(z0, z1).backward()
+    assert z0.grad.abs().sum() > 0 and z1.grad.abs().sum() > 0
+
+
+def test_loss_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="lambda_"):
+        BarlowTwinsLoss(lambda_=-1.0)
+    with pytest.raises(ValueError, match="same"):
+        BarlowTwinsLoss()(torch.randn(4, 8), torch.randn(4, 9))
+    with pytest.raises(ValueError, match="n >= 2"):
+        BarlowTwinsLoss()(torch.randn(1, 8), torch.randn(1, 8))
+
+
+# --- the method -----------------------------------------------------------------------------
+
+def test_default_projector_follows_the_lightly_cifar10_benchmark():
+    """2 layers, 512-2048-2048: Linear-BN-ReLU, then a plain Linear; lambda 5e-3."""
+    method = BarlowTwins(nn.Identity(), 512)
+    projector = method.projection_head
+    assert [type(m) for m in projector] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert (projector[0].in_features, projector[0].out_features, projector[3].out_features) == (512, 2048, 2048)
+    assert projector[0].bias is None and projector[3].bias is not None
+    assert method.criterion.lambda_ == 5e-3
+
+
+def test_training_step_matches_lightly_projection_head_loss_and_gradients():
+    """Our 3-layer step against lightly's BarlowTwinsProjectionHead + BarlowTwinsLoss on a copy of the network."""
+    lightly_loss = pytest.importorskip("lightly.loss")
+    heads = pytest.importorskip("lightly.models.modules.heads")
+    method = make_method(config=BarlowTwinsConfig(projection_hidden_dim=32, projection_dim=24, projection_layers=3))
+    backbone = copy.deepcopy(method.backbone)
+    projection = heads.BarlowTwinsProjectionHead(FEATURE_DIM, 32, 24)
+    projection.load_state_dict({f"layers.{k}": v for k, v in method.projection_head.state_dict().items()})
+    criterion = lightly_loss.BarlowTwinsLoss(lambda_param=5e-3)
+
+    x0, x1 = images(seed=8)
+    expected = criterion(projection(backbone(x0).flatten(1)), projection(backbone(x1).flatten(1)))
+    expected.backward()
+    loss = method.training_step([x0, x1]).loss
+    loss.backward()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    # One absolute tolerance for all: the conv bias before BatchNorm has a true gradient
+    # of 0, so its float noise (~1e-5) has no meaningful relative error.
+    ours = torch.cat([p.grad.flatten() for p in method.backbone.parameters()])
+    theirs = torch.cat([p.grad.flatten() for p in backbone.parameters()])
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_training_step_gives_finite_loss_and_first_view_features():
+    method = make_method().train()
+    x0, x1 = images(seed=9)
+    output = method.training_step([x0, x1])
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss) and output.loss.item() >= 0
+    assert output.features.shape == (8, FEATURE_DIM) and not output.features.requires_grad
+    torch.testing.assert_close(output.features, method.backbone(x0))
+    output.loss.backward()
+    assert all(p.grad is not None for p in method.trainable_parameters())
+
+
+def test_checkpoint_state_round_trips():
+    method = make_method(seed=0).train()
+    method.training_step(images(seed=10))  # moves the BatchNorm running statistics off their defaults
+    state = method.checkpoint_state()
+    assert any(k.startswith("projection_head.") for k in state)
+
+    fresh = make_method(seed=1)
+    fresh.load_checkpoint_state(state)
+    for key, value in state.items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    x = images(seed=11)
+    torch.testing.assert_close(fresh.training_step(x).loss, method.training_step(x).loss)
+
+
+def test_engine_trains_on_real_images_without_collapse(cifar_folder: Path, tmp_path: Path):
+    view = view_transform(ViewConfig(32), Normalization())
+    dataset = ManifestDataset(cifar_folder, splits=["train"], transform=MultiView([view, view]))
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.06, seed=3, device="cpu", precision="fp32")
+    method = make_method()
+    before = method.backbone[0].weight.detach().clone()
+    history = train(method, dataset, config, tmp_path / "ckpt")
+    assert len(history.epochs) == 2
+    assert all(math.isfinite(e.loss) and e.loss > 0 for e in history.epochs)
+    assert not any(e.collapsed for e in history.epochs)
+    assert not torch.equal(before, method.backbone[0].weight)
