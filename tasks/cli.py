@@ -42,9 +42,11 @@ def stage_teacher(params: Params, args: argparse.Namespace) -> Any:
 
 
 def stage_pretrain(params: Params, args: argparse.Namespace) -> Any:
+    from ssl_core.methods import TEACHER_METHODS
     from tasks import pretrain, teacher
 
-    return pretrain.run(params.pretrain, params.data, args.data, args.out, args.checkpoints, teacher.load(args.teacher))
+    frozen_teacher = teacher.load(args.teacher) if params.pretrain.method in TEACHER_METHODS else None
+    return pretrain.run(params.pretrain, params.data, args.data, args.out, args.checkpoints, frozen_teacher)
 
 
 def stage_evaluate(params: Params, args: argparse.Namespace) -> Any:

@@ -21,8 +21,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssl_core.backbones import available_backbones
-from ssl_core.methods import METHOD_NAMES
+from ssl_core.methods import METHOD_NAMES, SELF_SUPERVISED, BarlowTwinsConfig, BYOLConfig, DINOConfig, MoCoConfig
+from ssl_core.methods import SimCLRConfig, SimSiamConfig
+from ssl_core.multicrop import MultiCropConfig
 from ssl_core.precision import PRECISIONS
+
+# The method recipes are ssl_core's frozen dataclasses, validated here as they are:
+# one definition of each default. Unknown keys are errors, as everywhere else.
+for _config in (*(config for _, config in SELF_SUPERVISED.values()), MultiCropConfig):
+    _config.__pydantic_config__ = ConfigDict(extra="forbid")
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -71,12 +78,6 @@ class AugmentParams(_Section):
     blur_prob: float = Field(default=0.0, ge=0, le=1)
 
 
-class SimCLRParams(_Section):
-    temperature: float = Field(default=0.5, gt=0)
-    projection_hidden_dim: int = Field(default=512, ge=1)
-    projection_dim: int = Field(default=128, ge=1)
-
-
 class DistillationParams(_Section):
     temperature: float = Field(default=0.07, gt=0)
     # "auto" scales the queue with the dataset size (at most 8192).
@@ -99,8 +100,11 @@ class TrainingParams(_Section):
     backbone: str = "resnet18_cifar"
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=256, ge=2)
-    # Peak lr = base_lr * batch_size / 128 (linear scaling, Goyal et al. 2017).
+    # Peak lr = base_lr * batch_size / 128 (linear scaling, Goyal et al. 2017) when
+    # scale_lr is true; base_lr as is when false. "auto": false for simsiam (the lightly
+    # benchmark's fixed 0.06), true for every other method.
     base_lr: float = Field(default=0.06, gt=0)
+    scale_lr: bool | Literal["auto"] = "auto"
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     warmup_epochs: int = Field(default=0, ge=0)
@@ -111,8 +115,16 @@ class TrainingParams(_Section):
     # Continue from the last epoch checkpoint of an interrupted run.
     resume: bool = True
     augment: AugmentParams = AugmentParams()
-    simclr: SimCLRParams = SimCLRParams()
+    # One recipe per method (ssl_core.methods.*Config); only pretrain.method's is used.
     distillation: DistillationParams = DistillationParams()
+    simclr: SimCLRConfig = SimCLRConfig()
+    moco: MoCoConfig = MoCoConfig()
+    simsiam: SimSiamConfig = SimSiamConfig()
+    barlowtwins: BarlowTwinsConfig = BarlowTwinsConfig()
+    byol: BYOLConfig = BYOLConfig()
+    dino: DINOConfig = DINOConfig()
+    # DINO's views: 2 global crops of data.image_size + dino.num_local_crops local crops.
+    multicrop: MultiCropConfig = MultiCropConfig()
 
     @field_validator("method")
     @classmethod
@@ -136,7 +148,17 @@ class TrainingParams(_Section):
 
     @property
     def lr(self) -> float:
-        return self.base_lr * self.batch_size / 128
+        scale = self.method != "simsiam" if self.scale_lr == "auto" else self.scale_lr
+        return self.base_lr * self.batch_size / 128 if scale else self.base_lr
+
+    @model_validator(mode="after")
+    def _multicrop_matches_dino(self) -> "TrainingParams":
+        if self.method == "dino" and self.multicrop.num_local_crops != self.dino.num_local_crops:
+            raise ValueError(
+                f"multicrop.num_local_crops = {self.multicrop.num_local_crops} must equal "
+                f"dino.num_local_crops = {self.dino.num_local_crops}"
+            )
+        return self
 
 
 class TeacherParams(TrainingParams):
@@ -242,6 +264,13 @@ class Params(_Section):
     def _consistent(self) -> "Params":
         if self.data.train_split == self.data.test_split:
             raise ValueError(f"data.train_split and data.test_split are both {self.data.train_split!r}; they must differ")
+        for section in ("teacher", "pretrain"):
+            training = getattr(self, section)
+            if training.method == "dino" and training.multicrop.global_size != self.data.image_size:
+                raise ValueError(
+                    f"{section}.multicrop.global_size = {training.multicrop.global_size} must equal "
+                    f"data.image_size = {self.data.image_size}"
+                )
         return self
 
 
@@ -285,10 +314,13 @@ def format_validation_error(error: ValidationError, raw: dict[str, Any], source:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
+        if item["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             lines.append(f"{source}: unknown key {key!r} (check the spelling; see README for the keys)")
         elif item["type"] == "missing":
             lines.append(f"{source}: {key} is required")
+        elif isinstance(item.get("input"), dict):
+            # A whole section failed its own check; the message names the field.
+            lines.append(f"{source}: {key}: {message}")
         else:
             lines.append(f"{source}: {key} = {item.get('input')!r}: {message}")
     return "\n".join(lines)

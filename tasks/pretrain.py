@@ -22,8 +22,9 @@ from ssl_core.backbones import build_backbone
 from ssl_core.data import ManifestDataset
 from ssl_core.engine import StepInfo, TrainConfig, TrainHistory, train
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
-from ssl_core.methods import Distillation, DistillationConfig, SimCLR, SimCLRConfig, SSLMethod, auto_queue_size
+from ssl_core.methods import SELF_SUPERVISED, Distillation, DistillationConfig, SSLMethod, auto_queue_size
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
+from ssl_core.multicrop import multicrop_transform
 from ssl_core.precision import seed_everything
 from ssl_core.teachers import Teacher
 from tasks.layout import MODEL_FILE
@@ -50,9 +51,9 @@ def normalization(data: DataParams) -> Normalization:
 def build_method(training: TrainingParams, num_images: int, teacher: Teacher | None) -> SSLMethod:
     """The SSL method named by ``training.method`` around a fresh backbone."""
     backbone = build_backbone(training.backbone)
-    if training.method == "simclr":
-        config = SimCLRConfig(**training.simclr.model_dump())
-        return SimCLR(backbone.module, backbone.feature_dim, config)
+    if training.method in SELF_SUPERVISED:
+        method_class, _ = SELF_SUPERVISED[training.method]
+        return method_class(backbone.module, backbone.feature_dim, getattr(training, training.method))
     if training.method == "distillation":
         if teacher is None:
             raise PretrainError("pretrain.method 'distillation' needs a teacher: run the teacher stage first.")
@@ -90,7 +91,10 @@ def run(
             f"ingested splits (see {ingested / 'ingest_report.json'})."
         )
     method = build_method(training, len(dataset), teacher)
-    dataset.transform = MultiView([view_transform(view, normalization(data))] * method.num_views)
+    if training.method == "dino":
+        dataset.transform = multicrop_transform(training.multicrop, normalization(data))
+    else:
+        dataset.transform = MultiView([view_transform(view, normalization(data))] * method.num_views)
     config = TrainConfig(
         epochs=training.epochs,
         batch_size=training.batch_size,

@@ -1,6 +1,21 @@
 """Loss functions: tensors in, a scalar out, no hidden state."""
 
+from ssl_core.losses.barlow_twins import BarlowTwinsLoss
+from ssl_core.losses.byol import NormalizedMSELoss
+from ssl_core.losses.dino import DINOLoss, next_center, softmax_center_teacher
 from ssl_core.losses.distillation import QueueDistillationLoss
+from ssl_core.losses.info_nce import InfoNCELoss
+from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.losses.ntx_ent import NTXentLoss
 
-__all__ = ["NTXentLoss", "QueueDistillationLoss"]
+__all__ = [
+    "BarlowTwinsLoss",
+    "DINOLoss",
+    "InfoNCELoss",
+    "NTXentLoss",
+    "NegativeCosineSimilarity",
+    "NormalizedMSELoss",
+    "QueueDistillationLoss",
+    "next_center",
+    "softmax_center_teacher",
+]

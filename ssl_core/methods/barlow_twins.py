@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ssl_core.config_checks import require_positive
 from ssl_core.heads import projection_mlp
 from ssl_core.losses.barlow_twins import BarlowTwinsLoss
 from ssl_core.methods.base import SSLMethod, StepOutput
@@ -39,6 +40,9 @@ class BarlowTwinsConfig:
     projection_hidden_dim: int = 2048
     projection_dim: int = 2048
     projection_layers: int = 2
+
+    def __post_init__(self) -> None:
+        require_positive(self, "lambda_", "projection_hidden_dim", "projection_dim", "projection_layers")
 
 
 class BarlowTwins(SSLMethod):

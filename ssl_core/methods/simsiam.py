@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ssl_core.config_checks import require_positive
 from ssl_core.heads import projection_mlp
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.methods.base import SSLMethod, StepOutput
@@ -41,6 +42,9 @@ class SimSiamConfig:
     projection_dim: int = 2048
     projection_layers: int = 2
     prediction_hidden_dim: int = 512
+
+    def __post_init__(self) -> None:
+        require_positive(self, "projection_hidden_dim", "projection_dim", "projection_layers", "prediction_hidden_dim")
 
 
 def projection_mlp_with_output_bn(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> nn.Sequential:
