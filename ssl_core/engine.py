@@ -106,6 +106,7 @@ def train(
     resume: bool = False,
     fingerprint: str = "",
     on_step: Callable[[StepInfo], None] | None = None,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
 ) -> TrainHistory:
     """Pretrains ``method`` on ``dataset`` (items: (list of views, label)).
 
@@ -113,6 +114,8 @@ def train(
     existing checkpoint of the same ``fingerprint`` (a hash of everything that
     shapes the run: data, method, config), training continues after its last
     finished epoch; a checkpoint of another fingerprint is ignored, never mixed in.
+    ``on_epoch_end`` runs after each epoch's checkpoint is written (per-epoch kNN in
+    the benchmarks); the method is in train mode again when it returns.
 
     Raises:
         ValueError: if the dataset is empty.
@@ -198,6 +201,8 @@ def train(
         if stats.collapsed:
             logger.warning("Embeddings collapsed in epoch %d (std %.2e).", epoch + 1, embedding_std)
         _save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
     return history
 
 

@@ -1,0 +1,28 @@
+"""The benchmark script runs end to end on a tiny subset and writes its figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.lightly_benchmark import main
+from tests.conftest import CIFAR_ARCHIVE, SHARED_DATASETS
+
+
+@pytest.mark.skipif(not CIFAR_ARCHIVE.is_file(), reason="needs ../shared/datasets")
+def test_two_methods_one_epoch_write_json_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    main(["--dataset", "cifar10", "--methods", "simclr,distillation", "--epochs", "1", "--batch-size", "32",
+          "--train-per-class", "8", "--test-per-class", "4", "--num-workers", "0", "--precision", "fp32",
+          "--device", "cpu", "--datasets", str(SHARED_DATASETS), "--work-dir", str(tmp_path / "work"),
+          "--out", str(out)])
+    report = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in report["results"]] == ["simclr", "distillation"]
+    assert report["header"]["train_images"] == 80 and report["header"]["test_images"] == 40
+    for result in report["results"]:
+        assert len(result["knn_per_epoch"]) == 1 and 0.0 <= result["final_knn_top1"] <= 1.0
+        assert result["best_knn_top1"] == result["final_knn_top1"] and result["train_seconds"] > 0
+    table = (out / "results.md").read_text()
+    assert "| simclr | 1 |" in table and "| distillation | 1 |" in table
