@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ssl_core.engine import TrainHistory  # noqa: E402
 
@@ -21,6 +22,8 @@ def plot_training_history(history: TrainHistory, path: Path, title: str) -> Path
     ax_std.plot(epochs, [e.embedding_std for e in history.epochs], marker="o", color="tab:green")
     ax_std.set(xlabel="epoch", ylabel="per-dim std of normalized features", title="embedding spread (collapse -> 0)")
     ax_std.set_ylim(bottom=0)
+    for ax in (ax_loss, ax_std):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

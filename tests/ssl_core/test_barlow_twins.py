@@ -15,6 +15,7 @@ from ssl_core.data import ManifestDataset
 from ssl_core.engine import TrainConfig, train
 from ssl_core.losses.barlow_twins import BarlowTwinsLoss
 from ssl_core.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
+from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM = 16
 TINY = BarlowTwinsConfig(projection_hidden_dim=32, projection_dim=24)
@@ -60,11 +61,6 @@ def whitened(n: int, d: int, seed: int) -> torch.Tensor:
     z = z - z.mean(dim=0)
     covariance = z.T @ z / n  # (d, d)
     return (z @ torch.linalg.inv(torch.linalg.cholesky(covariance)).T).float()
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def make_method(seed: int = 0, config: BarlowTwinsConfig = TINY) -> BarlowTwins:

@@ -15,6 +15,7 @@ from ssl_core.engine import TrainConfig, train
 from ssl_core.losses.byol import NormalizedMSELoss
 from ssl_core.methods.byol import BYOL, BYOLConfig
 from ssl_core.momentum import cosine_momentum
+from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM, PROJECTION_DIM = 16, 8
 
@@ -27,11 +28,6 @@ def reference_normalized_mse(p: torch.Tensor, z: torch.Tensor) -> float:
         z_norm = math.sqrt(sum(v * v for v in z_row))
         total += sum((a / p_norm - b / z_norm) ** 2 for a, b in zip(p_row, z_row))
     return total / p.shape[0]
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def make_method(seed: int = 0, **config) -> BYOL:

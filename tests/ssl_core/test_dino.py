@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ssl_core.augment import Normalization
 from ssl_core.data import ManifestDataset
@@ -16,15 +15,11 @@ from ssl_core.engine import TrainConfig, train
 from ssl_core.losses.dino import DINOLoss, next_center, softmax_center_teacher
 from ssl_core.methods.dino import DINO, DINOConfig, features_by_resolution
 from ssl_core.multicrop import MultiCropConfig, multicrop_transform
+from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM = 16
 NUM_LOCAL = 2
 TINY = dict(num_local_crops=NUM_LOCAL, hidden_dim=32, bottleneck_dim=8, output_dim=64)
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def make_method(seed: int = 0, **config) -> DINO:

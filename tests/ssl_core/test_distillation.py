@@ -10,6 +10,7 @@ from torch import nn
 from ssl_core.losses import QueueDistillationLoss
 from ssl_core.methods import Distillation, DistillationConfig, auto_queue_size
 from ssl_core.methods.distillation import MAX_QUEUE_SIZE
+from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM, TEACHER_DIM = 16, 8
 
@@ -29,11 +30,6 @@ def reference_distillation(teacher, student, queue, temperature):
 
 def unit(*shape: int) -> torch.Tensor:
     return F.normalize(torch.randn(*shape), dim=-1)
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def tiny_teacher() -> nn.Module:

@@ -15,6 +15,7 @@ from ssl_core.data import ManifestDataset
 from ssl_core.engine import TrainConfig, train
 from ssl_core.losses.info_nce import InfoNCELoss
 from ssl_core.methods.moco import MoCo, MoCoConfig
+from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM, PROJECTION_DIM, BANK_SIZE = 16, 8, 32
 
@@ -34,11 +35,6 @@ def reference_info_nce(query, key, bank, temperature):
 
 def unit(*shape: int) -> torch.Tensor:
     return F.normalize(torch.randn(*shape), dim=-1)
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def make_method(seed: int = 0, **config) -> MoCo:

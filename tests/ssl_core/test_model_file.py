@@ -7,7 +7,11 @@ import torch
 
 from ssl_core.augment import Normalization
 from ssl_core.backbones import build_backbone
-from ssl_core.model_file import EmbeddingModelInfo, load_embedding_model, save_embedding_model
+from ssl_core.model_file import (
+    EmbeddingModelInfo,
+    load_embedding_model,
+    save_embedding_model,
+)
 
 INFO = EmbeddingModelInfo(
     backbone="resnet18_cifar",

@@ -15,6 +15,7 @@ from ssl_core.data import ManifestDataset
 from ssl_core.engine import TrainConfig, train
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.methods.simsiam import SimSiam, SimSiamConfig
+from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM = 16
 TINY = SimSiamConfig(projection_hidden_dim=32, projection_dim=24, prediction_hidden_dim=8)
@@ -39,11 +40,6 @@ def reference_negative_cosine(p: torch.Tensor, z: torch.Tensor) -> float:
         norm_z = math.sqrt(sum(b * b for b in z_row))
         total += -dot / (norm_p * norm_z)
     return total / len(p)
-
-
-def tiny_backbone() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
 def make_method(seed: int = 0, config: SimSiamConfig = TINY) -> SimSiam:

@@ -149,3 +149,46 @@ def test_decompression_bomb_is_quarantined(tmp_path: Path) -> None:
     report = run(IngestParams(source=str(source), max_image_pixels=1000), tmp_path / "out")
     assert report.num_images == 1
     assert "DecompressionBomb" in report.quarantined[0]["reason"]
+
+
+def test_torchvision_cifar10_local_copy(tiny_cifar_archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CIFAR10 folder in torchvision's pickle format, built from real CIFAR images."""
+    import pickle
+
+    import numpy as np
+    from torchvision.datasets import CIFAR10
+
+    folder = extract(tiny_cifar_archive, tmp_path / "src")
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    root = tmp_path / "cifar-root"
+    batches = root / CIFAR10.base_folder
+    batches.mkdir(parents=True)
+    for split, files in (("train", CIFAR10.train_list), ("test", CIFAR10.test_list)):
+        images = sorted((folder / split).rglob("*.jpg"))
+        data = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1).reshape(-1) for p in images])
+        labels = [classes.index(p.parent.name) for p in images]
+        for i, (name, _) in enumerate(files):  # torchvision concatenates the batch files
+            part = slice(i, None, len(files))
+            with open(batches / name, "wb") as f:
+                pickle.dump({"data": data[part], "labels": labels[part]}, f)
+    with open(batches / CIFAR10.meta["filename"], "wb") as f:
+        pickle.dump({"label_names": classes}, f)
+    # The md5 sums of the official files cannot match files we wrote ourselves.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args, **kwargs: True)
+
+    report = run(IngestParams(source=str(root), format="torchvision-cifar10"), tmp_path / "out")
+    assert report.num_images == 300 and report.splits == {"test": 100, "train": 200}
+    assert set(report.labels) == set(classes)
+    records = read_manifest(tmp_path / "out" / MANIFEST_NAME)
+    assert all(r.path.endswith(".png") and (r.width, r.height) == (32, 32) for r in records)
+
+
+def test_torchvision_cifar10_without_copy_or_internet_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import CIFAR10
+
+    def offline(self) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)  # never touch the network from a test
+    with pytest.raises(IngestError, match="could not be downloaded .*network unreachable"):
+        run(IngestParams(source=str(tmp_path / "nothing"), format="torchvision-cifar10"), tmp_path / "out")
