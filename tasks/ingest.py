@@ -73,7 +73,6 @@ def run(params: IngestParams, out_dir: Path) -> IngestReport:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     report = IngestReport(source=params.source)
-    Image.MAX_IMAGE_PIXELS = params.max_image_pixels
 
     if source_format == "torchvision-cifar10":
         files = iter_torchvision_cifar10(Path(params.source))
@@ -217,12 +216,16 @@ def split_and_label(relative: PurePosixPath, default_split: str) -> tuple[str, s
     return split, label
 
 
-def decode_error(data: bytes) -> tuple[str | None, tuple[int, int]]:
+def decode_error(data: bytes, max_pixels: int) -> tuple[str | None, tuple[int, int]]:
     """(None, (width, height)) if ``data`` is a fully decodable image, else (reason, (0, 0))."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                # Checked from the header, before any pixel is decoded.
+                if image.width * image.height > max_pixels:
+                    return (f"DecompressionBomb: {image.width}x{image.height} pixels exceeds "
+                            f"ingest.max_image_pixels = {max_pixels}"), (0, 0)
                 image.load()  # decode every pixel: truncated files fail here, not in training
                 return None, image.size
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -232,7 +235,7 @@ def decode_error(data: bytes) -> tuple[str | None, tuple[int, int]]:
 
 
 def _ingest_file(file: SourceFile, params: IngestParams, out_dir: Path, report: IngestReport) -> ManifestRecord | None:
-    reason, (width, height) = decode_error(file.data)
+    reason, (width, height) = decode_error(file.data, params.max_image_pixels)
     if reason is not None:
         target = out_dir / "quarantine" / file.relative_path
         target.parent.mkdir(parents=True, exist_ok=True)
