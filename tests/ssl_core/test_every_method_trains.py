@@ -1,0 +1,129 @@
+"""Every method through the real engine on real images: exact resume, and collapse is flagged.
+
+Small heads and a one-convolution backbone keep each run to a few seconds; the
+recipes themselves are tested per method against their papers and lightly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
+from ssl_core.data import ManifestDataset
+from ssl_core.engine import StepInfo, TrainConfig, train
+from ssl_core.methods import (
+    BYOL,
+    DINO,
+    BarlowTwins,
+    BarlowTwinsConfig,
+    BYOLConfig,
+    DINOConfig,
+    Distillation,
+    MoCo,
+    MoCoConfig,
+    SimCLR,
+    SimCLRConfig,
+    SimSiam,
+    SimSiamConfig,
+    SSLMethod,
+    StepOutput,
+)
+from ssl_core.multicrop import MultiCropConfig, multicrop_transform
+from tests.ssl_core.tiny import tiny_backbone
+
+FEATURE_DIM = 16
+LOCAL_CROPS = 2
+
+
+def build(name: str, seed: int = 0) -> SSLMethod:
+    torch.manual_seed(seed)
+    backbone = tiny_backbone(FEATURE_DIM)
+    if name == "simclr":
+        return SimCLR(backbone, FEATURE_DIM, SimCLRConfig(projection_hidden_dim=32, projection_dim=16))
+    if name == "moco":
+        return MoCo(backbone, FEATURE_DIM, MoCoConfig(memory_bank_size=32, projection_hidden_dim=32, projection_dim=16))
+    if name == "simsiam":
+        return SimSiam(backbone, FEATURE_DIM, SimSiamConfig(projection_hidden_dim=32, projection_dim=16,
+                                                           prediction_hidden_dim=8))
+    if name == "barlowtwins":
+        return BarlowTwins(backbone, FEATURE_DIM, BarlowTwinsConfig(projection_hidden_dim=32, projection_dim=32))
+    if name == "byol":
+        return BYOL(backbone, FEATURE_DIM, BYOLConfig(projection_hidden_dim=32, projection_dim=16,
+                                                      prediction_hidden_dim=32))
+    if name == "dino":
+        return DINO(backbone, FEATURE_DIM, DINOConfig(num_local_crops=LOCAL_CROPS, hidden_dim=32, bottleneck_dim=16,
+                                                      output_dim=64))
+    teacher = tiny_backbone(8).eval()
+    return Distillation(backbone, FEATURE_DIM, teacher, 8, queue_size=32)
+
+
+METHODS = ("simclr", "moco", "simsiam", "barlowtwins", "byol", "dino", "distillation")
+
+
+def dataset_for(method: SSLMethod, name: str, cifar_folder: Path) -> ManifestDataset:
+    norm = Normalization()
+    if name == "dino":
+        transform = multicrop_transform(MultiCropConfig(num_local_crops=LOCAL_CROPS), norm)
+    else:
+        transform = MultiView([view_transform(ViewConfig(32), norm)] * method.num_views)
+    return ManifestDataset(cifar_folder, splits=["train"], transform=transform)
+
+
+def config(epochs: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=16, lr=0.05, seed=3, device="cpu", precision="fp32", num_workers=0)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_resume_after_interruption_gives_the_same_weights(name: str, cifar_folder: Path, tmp_path: Path) -> None:
+    """Momentum networks, memory banks, queues and DINO's center must all survive the checkpoint."""
+    uninterrupted = build(name)
+    data = dataset_for(uninterrupted, name, cifar_folder)
+    history = train(uninterrupted, data, config(epochs=2), tmp_path / "a", fingerprint=name)
+    assert all(torch.isfinite(torch.tensor(e.loss)) for e in history.epochs)
+
+    def crash_in_second_epoch(info: StepInfo) -> None:
+        if info.epoch == 1 and info.step_in_epoch == 1:
+            raise Interrupt
+
+    interrupted = build(name)
+    with pytest.raises(Interrupt):
+        train(interrupted, data, config(epochs=2), tmp_path / "b", fingerprint=name, on_step=crash_in_second_epoch)
+    resumed = build(name)  # a new process would rebuild the model from scratch
+    history = train(resumed, data, config(epochs=2), tmp_path / "b", resume=True, fingerprint=name)
+    assert history.resumed_from_epoch == 1
+    expected, actual = uninterrupted.state_dict(), resumed.state_dict()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), f"{name}: {key} differs after resume"
+
+
+class ConstantEmbedding(SSLMethod):
+    """Maps every image to the same vector: the collapse the engine must flag."""
+
+    num_views = 1
+
+    def __init__(self) -> None:
+        super().__init__(nn.Identity(), FEATURE_DIM)
+        self.vector = nn.Parameter(torch.ones(FEATURE_DIM))
+
+    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+        features = self.vector.expand(views[0].shape[0], -1)
+        return StepOutput(loss=(features - 1).pow(2).mean(), features=features.detach())
+
+
+def test_collapsed_embeddings_are_flagged(cifar_folder: Path, tmp_path: Path) -> None:
+    method = ConstantEmbedding()
+    data = ManifestDataset(cifar_folder, splits=["train"],
+                           transform=MultiView([view_transform(ViewConfig(32), Normalization())]))
+    history = train(method, data, config(epochs=1), tmp_path)
+    assert history.epochs[-1].embedding_std == 0.0 and history.epochs[-1].collapsed
+    healthy = build("simclr")
+    history = train(healthy, dataset_for(healthy, "simclr", cifar_folder), config(epochs=1), tmp_path / "ok")
+    assert not history.epochs[-1].collapsed
