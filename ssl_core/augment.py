@@ -65,11 +65,15 @@ def view_transform(config: ViewConfig, norm: Normalization) -> Callable[[Image.I
     if config.grayscale_prob > 0:
         steps.append(T.RandomGrayscale(p=config.grayscale_prob))
     if config.blur_prob > 0:
-        # Kernel about 10% of the image side, odd, as in SimCLR.
-        kernel = max(3, (config.image_size // 10) | 1)
-        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=config.blur_prob))
+        steps.append(random_gaussian_blur(config.image_size, config.blur_prob))
     steps += [T.ToTensor(), T.Normalize(norm.mean, norm.std)]
     return T.Compose(steps)
+
+
+def random_gaussian_blur(image_size: int, p: float) -> Callable[[Image.Image], Image.Image]:
+    """SimCLR's blur: kernel about 10% of the image side (odd), sigma in [0.1, 2], with probability p."""
+    kernel = max(3, (image_size // 10) | 1)
+    return T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=p)
 
 
 def eval_transform(image_size: int, norm: Normalization) -> Callable[[Image.Image], torch.Tensor]:

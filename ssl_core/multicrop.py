@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ssl_core.augment import MultiView, Normalization
+from ssl_core.augment import MultiView, Normalization, random_gaussian_blur
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,7 @@ def crop_view(
     if config.grayscale_prob > 0:
         steps.append(T.RandomGrayscale(p=config.grayscale_prob))
     if blur_prob > 0:
-        # Kernel about 10% of the crop side, odd, as in ssl_core.augment.
-        kernel = max(3, (size // 10) | 1)
-        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_prob))
+        steps.append(random_gaussian_blur(size, blur_prob))
     if solarize_prob > 0:
         steps.append(T.RandomSolarize(threshold=128, p=solarize_prob))  # on uint8 PIL pixels
     steps += [T.ToTensor(), T.Normalize(norm.mean, norm.std)]
