@@ -10,6 +10,7 @@ from tasks.export import ExportMismatchError
 from tasks.ingest import IngestError
 from tasks.params import ParamsError
 from tasks.pretrain import PretrainError
+from tasks.registry import RegistryError
 from tasks.teacher import TeacherError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -19,16 +20,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TeacherError,
     EvaluationError,
     ExportMismatchError,
+    RegistryError,
     FileNotFoundError,
 )
-
-
-def _registry_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from tasks.registry import RegistryError
-    except ImportError:  # mlflow not installed: registry stages cannot run anyway
-        return ()
-    return (RegistryError,)
-
-
-USER_ERRORS += _registry_errors()
