@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny real image dataset cut from the shared CIFAR-10 archive."""
+"""Shared fixtures: real image folders cut from the shared CIFAR-10 archive."""
 
 from __future__ import annotations
 
@@ -17,6 +17,40 @@ NUM_CLASSES = 8
 IMAGES_PER_CLASS = 8
 
 
+def extract_cifar_folder(archive_path: Path, root: Path, per_class: dict[str, int], num_classes: int = 10) -> Path:
+    """Writes an ingested-style folder (images + ``manifest.csv``) cut from the CIFAR-10 archive.
+
+    Keeps files ``0000.jpg`` .. ``{n-1}.jpg`` of each of the first ``num_classes``
+    classes (sorted by name) for each split ``per_class`` names, so the cut is
+    class-balanced and the same on every machine.
+    """
+    records = []
+    with tarfile.open(archive_path) as archive:
+        for member in archive:
+            parts = member.name.split("/")  # cifar10/<split>/<class>/<NNNN>.jpg
+            if len(parts) != 4 or not member.isfile() or parts[1] not in per_class:
+                continue
+            _, split, label, filename = parts
+            if int(Path(filename).stem) >= per_class[split]:
+                continue
+            relative = f"{split}/{label}/{filename}"
+            target = root / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.extractfile(member).read())
+            records.append((relative, label, split))
+    classes = sorted({label for _, label, _ in records})[:num_classes]
+    manifest = []
+    for relative, label, split in sorted(records):
+        if label in classes:
+            with Image.open(root / relative) as image:
+                width, height = image.size
+            manifest.append(ManifestRecord(relative, sha256_file(root / relative), label, split, width, height))
+    expected = num_classes * sum(per_class.values())
+    assert len(manifest) == expected, f"found {len(manifest)} of {expected} images in {archive_path}"
+    write_manifest(manifest, root / MANIFEST_NAME)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar_archive() -> Path:
     """Path of the shared CIFAR-10 JPEG archive; skips the test when it is absent."""
@@ -28,32 +62,9 @@ def cifar_archive() -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_folder(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ingested-style folder: 8 images of each of 8 CIFAR-10 train classes plus ``manifest.csv``."""
-    root = tmp_path_factory.mktemp("cifar_tiny")
-    wanted = {f"{i:04d}.jpg" for i in range(IMAGES_PER_CLASS)}
-    per_class: dict[str, int] = {}
-    records = []
-    with tarfile.open(cifar_archive) as archive:
-        for member in archive:
-            parts = member.name.split("/")  # cifar10/train/<class>/<file>
-            if len(parts) != 4 or parts[1] != "train" or parts[3] not in wanted or not member.isfile():
-                continue
-            label = parts[2]
-            if label not in per_class and len(per_class) == NUM_CLASSES:
-                continue
-            per_class[label] = per_class.get(label, 0) + 1
-            relative = f"train/{label}/{parts[3]}"
-            target = root / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.extractfile(member).read())
-            with Image.open(target) as image:
-                width, height = image.size
-            records.append(ManifestRecord(relative, sha256_file(target), label, "train", width, height))
-            if len(per_class) == NUM_CLASSES and all(n == IMAGES_PER_CLASS for n in per_class.values()):
-                break
-    assert len(records) == NUM_CLASSES * IMAGES_PER_CLASS, f"found only {len(records)} images in {cifar_archive}"
-    write_manifest(records, root / MANIFEST_NAME)
-    return root
+    """A tiny ingested-style folder: 8 train images of each of 8 CIFAR-10 classes."""
+    return extract_cifar_folder(cifar_archive, tmp_path_factory.mktemp("cifar_tiny"), {"train": IMAGES_PER_CLASS},
+                                NUM_CLASSES)
 
 
 @pytest.fixture(scope="session")
