@@ -83,6 +83,7 @@ class MethodResult:
     random_init_knn_top1: float = 0.0
     train_seconds: float = 0.0
     peak_gpu_memory_gb: float | None = None
+    peak_host_memory_gb: float | None = None
     collapsed: bool = False
 
 
@@ -106,9 +107,28 @@ def prepare(spec: DatasetSpec, datasets_dir: Path, work_dir: Path, train_per_cla
     return root
 
 
+def reset_peak_host_memory() -> None:
+    """Restarts the process's peak-RSS counter (Linux: ``/proc/self/clear_refs``), so each method gets its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_host_memory_gb() -> float | None:
+    """Peak resident memory since the last reset (``VmHWM``), or None where /proc is missing."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    kilobytes = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if kilobytes is None else kilobytes / 2**20
+
+
 def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
-    # The lightly recipe: 0.06 x batch/128, except SimSiam's fixed 0.06.
+    # The lightly recipe: 0.06 x batch/128, except SimSiam's fixed 0.06; --lr overrides it.
     lr = 0.06 if method == "simsiam" else 0.06 * args.batch_size / 128
+    lr = args.lr if args.lr is not None else lr
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, momentum=0.9, weight_decay=5e-4,
                        seed=args.seed, device=args.device, precision=args.precision, num_workers=args.num_workers)
 
@@ -175,15 +195,17 @@ def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespac
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_host_memory()
     started = time.perf_counter()
     method_dir.mkdir(parents=True, exist_ok=True)
     history = train(method, train_set, config, method_dir / "checkpoints", resume=args.resume,
-                    fingerprint=f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{args.seed}",
+                    fingerprint=f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{args.seed}",
                     on_epoch_end=evaluate_epoch)
     # Training time only: the per-epoch kNN runs inside the loop but is not training.
     result.train_seconds = time.perf_counter() - started - eval_seconds
     if device.type == "cuda":
         result.peak_gpu_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
+    result.peak_host_memory_gb = peak_host_memory_gb()
     result.knn_per_epoch = [knn_log[str(e)] for e in range(1, args.epochs + 1) if str(e) in knn_log]
     result.final_knn_top1 = result.knn_per_epoch[-1]
     result.best_knn_top1 = max(result.knn_per_epoch)
@@ -202,15 +224,18 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         f"Train images: {header['train_images']}, test images: {header['test_images']}, "
         f"backbone {header['backbone']}, batch {header['batch_size']}, {header['epochs']} epoch(s), {header['precision']}.",
         "",
-        "| method | epochs | kNN top-1 final | kNN top-1 best (epoch) | random init | train time (no eval) | peak GPU mem |",
-        "|---|---|---|---|---|---|---|",
+        "| method | epochs | lr | kNN top-1 final | kNN top-1 best (epoch) | random init | train time (no eval) "
+        "| peak GPU mem | peak host mem |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         memory = f"{r.peak_gpu_memory_gb:.1f} GB" if r.peak_gpu_memory_gb is not None else "n/a (CPU)"
+        host = f"{r.peak_host_memory_gb:.1f} GB" if r.peak_host_memory_gb is not None else "n/a"
         duration = f"{r.train_seconds:.0f} s" if r.train_seconds < 600 else f"{r.train_seconds / 60:.1f} min"
-        lines.append(f"| {r.method} | {r.epochs} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
-                     f"{r.random_init_knn_top1:.4f} | {duration} | {memory} |")
-    lines += ["", f"Peak host memory (max RSS of the process): {header['peak_host_memory_gb']:.1f} GB."]
+        lines.append(f"| {r.method} | {r.epochs} | {r.lr:g} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
+                     f"{r.random_init_knn_top1:.4f} | {duration} | {memory} | {host} |")
+    lines += ["", "Peak host memory per method is the process's peak RSS while that method trained and was "
+              f"evaluated; over the whole run it was {header['peak_host_memory_gb']:.1f} GB."]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="all", help=f"comma-separated subset of {','.join(ALL_METHODS)}")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate for every selected method (default: the lightly recipe)")
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--device", default="auto")
@@ -274,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         "train_images": len(ManifestDataset(root, [spec.train_split])),
         "test_images": len(ManifestDataset(root, [spec.test_split])),
         "torch": torch.__version__,
-        "peak_host_memory_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        # Each method reset the peak counter: the run's peak is the largest of theirs.
+        "peak_host_memory_gb": max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]
+                                   + [r.peak_host_memory_gb for r in results if r.peak_host_memory_gb is not None]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=2) + "\n")

@@ -14,7 +14,7 @@ from tests.conftest import CIFAR_ARCHIVE, SHARED_DATASETS
 @pytest.mark.skipif(not CIFAR_ARCHIVE.is_file(), reason="needs ../shared/datasets")
 def test_two_methods_one_epoch_write_json_and_table(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    main(["--dataset", "cifar10", "--methods", "simclr,distillation", "--epochs", "1", "--batch-size", "32",
+    main(["--dataset", "cifar10", "--methods", "simclr,distillation", "--epochs", "1", "--batch-size", "32", "--lr", "0.02",
           "--train-per-class", "8", "--test-per-class", "4", "--num-workers", "0", "--precision", "fp32",
           "--device", "cpu", "--datasets", str(SHARED_DATASETS), "--work-dir", str(tmp_path / "work"),
           "--out", str(out)])
@@ -24,5 +24,8 @@ def test_two_methods_one_epoch_write_json_and_table(tmp_path: Path) -> None:
     for result in report["results"]:
         assert len(result["knn_per_epoch"]) == 1 and 0.0 <= result["final_knn_top1"] <= 1.0
         assert result["best_knn_top1"] == result["final_knn_top1"] and result["train_seconds"] > 0
+        assert result["lr"] == 0.02  # --lr overrides the lightly recipe's 0.06 x 32/128
+        # Per-method peak RSS from /proc: at least the ~0.3 GB that torch itself occupies.
+        assert 0.2 < result["peak_host_memory_gb"] <= report["header"]["peak_host_memory_gb"]
     table = (out / "results.md").read_text()
-    assert "| simclr | 1 |" in table and "| distillation | 1 |" in table
+    assert "| simclr | 1 | 0.02 |" in table and "| distillation | 1 | 0.02 |" in table
