@@ -150,7 +150,7 @@ def evaluation_splits(spec: DatasetSpec, root: Path) -> tuple[ManifestDataset, M
 def random_init_knn(spec: DatasetSpec, root: Path, args: argparse.Namespace) -> float:
     """kNN of the untrained backbone, seeded like every method's starting point."""
     seed_everything(args.seed)
-    return knn_top1(build_backbone(spec.backbone).module, *evaluation_splits(spec, root), args)
+    return knn_top1(build_backbone(spec.backbone, spec.image_size).module, *evaluation_splits(spec, root), args)
 
 
 def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespace, teacher_path: Path | None,
@@ -158,7 +158,7 @@ def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespac
     norm = Normalization()
     bank, queries = evaluation_splits(spec, root)
     seed_everything(args.seed)
-    backbone = build_backbone(spec.backbone)
+    backbone = build_backbone(spec.backbone, spec.image_size)
     train_set = ManifestDataset(root, [spec.train_split])
     view = ViewConfig(image_size=spec.image_size, blur_prob=spec.blur_prob)
     if name == "distillation":

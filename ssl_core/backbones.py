@@ -7,11 +7,14 @@ Two families are supported:
   https://arxiv.org/abs/2002.05709, appendix B.9) and the lightly benchmarks: a
   3x3 stride-1 first convolution and no max-pool, so the last stage still sees a
   4x4 map instead of a 1x1 one.
-* any torchvision ResNet by its torchvision name (``resnet18``, ``resnet50``,
-  ``wide_resnet50_2``, ``resnext50_32x4d``, ...), for images of 64 px and up.
+* any torchvision classification model by its torchvision name (``resnet50``,
+  ``convnext_tiny``, ``efficientnet_b0``, ``mobilenet_v3_small``, ``vit_b_16``,
+  ``swin_t``, ...), for images of 64 px and up.
 
-In both cases the classification layer is replaced by an identity, so the module
-returns the globally average-pooled features, shape (B, feature_dim).
+The classification layer (the model's last ``nn.Linear``) is replaced by an
+identity, so the module returns what fed it: the globally pooled features, shape
+(B, feature_dim); the class token for ViTs; the penultimate fully connected layer
+for models whose classifier is an MLP (VGG, AlexNet, MobileNetV3).
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ import torchvision
 from torch import nn
 
 CIFAR_SUFFIX = "_cifar"
+# Models whose last layer is a convolution: there is no linear classifier to remove.
+NO_LINEAR_CLASSIFIER = ("squeezenet1_0", "squeezenet1_1")
+# Constructor arguments that fix a model's input size (position embeddings, attention
+# partitions); the other models accept any size above their minimum.
+INPUT_SIZE_ARGUMENT = {"vit_": "image_size", "maxvit_": "input_size"}
 
 
 @dataclass(frozen=True)
@@ -36,21 +44,28 @@ class Backbone:
 
 def available_backbones() -> list[str]:
     """Names accepted by :func:`build_backbone`."""
-    resnets = torchvision_resnet_names()
-    return sorted(resnets + [name + CIFAR_SUFFIX for name in resnets])
+    return sorted(torchvision_classifier_names() + [name + CIFAR_SUFFIX for name in torchvision_resnet_names()])
+
+
+def torchvision_classifier_names() -> list[str]:
+    """torchvision's image classification models that end in a linear classifier."""
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [n for n in names if n not in NO_LINEAR_CLASSIFIER]
 
 
 def torchvision_resnet_names() -> list[str]:
-    """torchvision classification models of the ResNet family (``fc`` head)."""
-    names = torchvision.models.list_models(module=torchvision.models)
-    return [n for n in names if n.startswith(("resnet", "wide_resnet", "resnext"))]
+    """torchvision classification models of the ResNet family (``fc`` head), which take the CIFAR stem."""
+    return [n for n in torchvision_classifier_names() if n.startswith(("resnet", "wide_resnet", "resnext"))]
 
 
-def build_backbone(name: str) -> Backbone:
+def build_backbone(name: str, image_size: int | None = None) -> Backbone:
     """Builds a randomly initialized backbone by name.
 
     Args:
-        name: ``<torchvision resnet name>`` or ``<torchvision resnet name>_cifar``.
+        name: a torchvision classification model name, or
+            ``<torchvision resnet name>_cifar`` for 32 px images.
+        image_size: input side in pixels, for the models built for one size (ViT,
+            MaxViT); ``None`` keeps torchvision's 224. Ignored by the others.
 
     Returns:
         The backbone with its classification layer removed.
@@ -65,20 +80,43 @@ def build_backbone(name: str) -> Backbone:
     """
     cifar_stem = name.endswith(CIFAR_SUFFIX)
     base_name = name[: -len(CIFAR_SUFFIX)] if cifar_stem else name
-    if base_name not in torchvision_resnet_names():
+    if base_name not in (torchvision_resnet_names() if cifar_stem else torchvision_classifier_names()):
         raise ValueError(
-            f"Unknown backbone {name!r}. Choose a torchvision ResNet name, optionally "
-            f"with the {CIFAR_SUFFIX!r} suffix for 32 px images, e.g. 'resnet18_cifar'. "
+            f"Unknown backbone {name!r}. Choose a torchvision classification model name, or a ResNet "
+            f"name with the {CIFAR_SUFFIX!r} suffix for 32 px images, e.g. 'resnet18_cifar'. "
             f"Available: {', '.join(available_backbones())}"
         )
     # weights=None: pretrained weights would need internet, and SSL starts from scratch.
-    model = torchvision.models.get_model(base_name, weights=None)
+    model = torchvision.models.get_model(base_name, weights=None, **_constructor_arguments(base_name, image_size))
     if cifar_stem:
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
-    feature_dim = model.fc.in_features
-    model.fc = nn.Identity()
+    feature_dim = _remove_classifier(model)
     return Backbone(module=model, feature_dim=feature_dim, name=name)
+
+
+def _constructor_arguments(name: str, image_size: int | None) -> dict:
+    arguments: dict = {}
+    if name in ("googlenet", "inception_v3"):
+        # Auxiliary classifiers make forward() return a tuple in train mode; SSL needs features.
+        arguments.update(aux_logits=False, init_weights=True)
+    for prefix, argument in INPUT_SIZE_ARGUMENT.items():
+        if name.startswith(prefix) and image_size is not None:
+            arguments[argument] = image_size
+    return arguments
+
+
+def _remove_classifier(model: nn.Module) -> int:
+    """Replaces the last ``nn.Linear`` (in definition order: the classifier) by an identity.
+
+    Returns:
+        The classifier's input size: the feature dimension.
+    """
+    linear_layers = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    name, classifier = linear_layers[-1]
+    parent_name, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attribute, nn.Identity())  # also for a Sequential's "1", "6", ...
+    return classifier.in_features
 
 
 @torch.no_grad()

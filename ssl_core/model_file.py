@@ -65,6 +65,6 @@ def load_embedding_model(path: Path) -> tuple[nn.Module, EmbeddingModelInfo]:
         method=raw["method"],
         config=raw["config"],
     )
-    backbone = build_backbone(info.backbone).module
+    backbone = build_backbone(info.backbone, info.image_size).module
     backbone.load_state_dict(payload["state_dict"])
     return backbone.eval(), info

@@ -47,7 +47,7 @@ def run(evaluate: EvaluateParams, data: DataParams, ingested: Path, student_dir:
                 f"subfolders, or set data.{'train' if role == 'bank' else 'test'}_split to a labeled split."
             )
     seed_everything(evaluate.baseline_seed)
-    random_backbone = build_backbone(info.backbone).module
+    random_backbone = build_backbone(info.backbone, info.image_size).module
 
     results = {"student": _knn(backbone, bank, queries, evaluate), "random_init": _knn(random_backbone, bank, queries, evaluate)}
     history = json.loads((student_dir / "history.json").read_text())

@@ -48,9 +48,10 @@ def normalization(data: DataParams) -> Normalization:
     return Normalization(mean=tuple(data.mean), std=tuple(data.std))
 
 
-def build_method(training: TrainingParams, num_images: int, teacher: Teacher | None) -> SSLMethod:
-    """The SSL method named by ``training.method`` around a fresh backbone."""
-    backbone = build_backbone(training.backbone)
+def build_method(training: TrainingParams, num_images: int, teacher: Teacher | None,
+                 image_size: int | None = None) -> SSLMethod:
+    """The SSL method named by ``training.method`` around a fresh backbone for ``image_size`` px images."""
+    backbone = build_backbone(training.backbone, image_size)
     if training.method in SELF_SUPERVISED:
         method_class, _ = SELF_SUPERVISED[training.method]
         return method_class(backbone.module, backbone.feature_dim, getattr(training, training.method))
@@ -90,7 +91,7 @@ def run(
             f"No images in split {data.train_split!r} of {ingested}: set data.train_split to one of the "
             f"ingested splits (see {ingested / 'ingest_report.json'})."
         )
-    method = build_method(training, len(dataset), teacher)
+    method = build_method(training, len(dataset), teacher, data.image_size)
     if training.method == "dino":
         dataset.transform = multicrop_transform(training.multicrop, normalization(data))
     else:

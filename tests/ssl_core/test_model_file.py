@@ -53,3 +53,15 @@ def test_non_model_file_raises_value_error(tmp_path):
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_embedding_model(tmp_path / "missing.pt")
+
+
+def test_a_vit_for_a_non_default_image_size_loads_back(tmp_path):
+    """A ViT's position embeddings depend on the image size: the file's image_size rebuilds them."""
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_b_32", image_size=64).module.eval()
+    path = tmp_path / "vit.pt"
+    save_embedding_model(path, backbone, EmbeddingModelInfo("vit_b_32", 768, 64, Normalization(), "dino"))
+    loaded, info = load_embedding_model(path)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), backbone(images), rtol=0, atol=0)
