@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import summarize
 from benchmarks.lightly_benchmark import main
 from tests.conftest import CIFAR_ARCHIVE, SHARED_DATASETS
 
@@ -29,3 +30,10 @@ def test_two_methods_one_epoch_write_json_and_table(tmp_path: Path) -> None:
         assert 0.2 < result["peak_host_memory_gb"] <= report["header"]["peak_host_memory_gb"]
     table = (out / "results.md").read_text()
     assert "| simclr | 1 | 0.02 |" in table and "| distillation | 1 | 0.02 |" in table
+
+    summarize.main(["--results", str(tmp_path)])  # the overview of every run folder under tmp_path
+    overview = (tmp_path / "README.md").read_text()
+    simclr = report["results"][0]
+    gain = simclr["final_knn_top1"] - simclr["random_init_knn_top1"]
+    assert f"| simclr | {simclr['final_knn_top1']:.3f} ({gain:+.3f}) | 0.848 |" in overview
+    assert (out / "knn_per_epoch.png").read_bytes().startswith(b"\x89PNG")
