@@ -28,6 +28,7 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -220,7 +221,9 @@ def markdown(results: list[MethodResult], header: dict) -> str:
     lines = [
         f"# {header['dataset']} kNN benchmark ({header['device']})",
         "",
-        f"Command: `{header['command']}`",
+        "Commands (in order; a later run of a method replaced its earlier result):",
+        *[f"- `{command}`" for command in header.get("commands", [header.get("command")])],
+        "",
         f"Train images: {header['train_images']}, test images: {header['test_images']}, "
         f"backbone {header['backbone']}, batch {header['batch_size']}, {header['epochs']} epoch(s), {header['precision']}.",
         "",
@@ -274,26 +277,10 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = DATASETS[args.dataset]
     root = prepare(spec, args.datasets, args.work_dir, args.train_per_class, args.test_per_class)
-    random_init_top1 = random_init_knn(spec, root, args)
-    print(f"random-init kNN top-1: {random_init_top1:.4f}", flush=True)
-    results: list[MethodResult] = []
-    for name in methods:
-        teacher = None
-        if name == "distillation":
-            ssl_results = [r for r in results if r.method != "distillation"]
-            if not ssl_results:
-                parser.error("distillation needs another method in the same run to serve as its teacher")
-            best = max(ssl_results, key=lambda r: r.final_knn_top1)
-            teacher = args.work_dir / "runs" / best.method / "model.pt"
-            print(f"distillation teacher: {best.method} (kNN {best.final_knn_top1:.4f})")
-        print(f"== {name}", flush=True)
-        results.append(run_method(name, spec, root, args, teacher, random_init_top1))
-
     device = resolve_device(args.device)
-    header = {
+    setup = {
         "dataset": args.dataset,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "command": "python benchmarks/lightly_benchmark.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "backbone": spec.backbone,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -301,6 +288,30 @@ def main(argv: list[str] | None = None) -> None:
         "train_images": len(ManifestDataset(root, [spec.train_split])),
         "test_images": len(ManifestDataset(root, [spec.test_split])),
         "torch": torch.__version__,
+    }
+    # Methods may run in separate invocations (one per GPU call): results of the same
+    # setup in --out are kept, and a method run again replaces its old result.
+    previous_header, finished = previous_results(args.out, setup, parser)
+    random_init_top1 = random_init_knn(spec, root, args)
+    print(f"random-init kNN top-1: {random_init_top1:.4f}", flush=True)
+    for name in methods:
+        teacher = None
+        if name == "distillation":
+            candidates = [r for r in finished.values() if r.method != "distillation"
+                          and (args.work_dir / "runs" / r.method / "model.pt").exists()]
+            if not candidates:
+                parser.error("distillation needs another method trained in this --work-dir to serve as its teacher")
+            best = max(candidates, key=lambda r: r.final_knn_top1)
+            teacher = args.work_dir / "runs" / best.method / "model.pt"
+            print(f"distillation teacher: {best.method} (kNN {best.final_knn_top1:.4f})")
+        print(f"== {name}", flush=True)
+        finished[name] = run_method(name, spec, root, args, teacher, random_init_top1)
+
+    results = [finished[m] for m in ALL_METHODS if m in finished]
+    command = "python benchmarks/lightly_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = {
+        **setup,
+        "commands": previous_header.get("commands", []) + [command],
         # Each method reset the peak counter: the run's peak is the largest of theirs.
         "peak_host_memory_gb": max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]
                                    + [r.peak_host_memory_gb for r in results if r.peak_host_memory_gb is not None]),
@@ -309,6 +320,24 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "results.json").write_text(json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(results, header))
     print(markdown(results, header))
+
+
+def previous_results(out: Path, setup: dict, parser: argparse.ArgumentParser) -> tuple[dict, dict[str, MethodResult]]:
+    """The header and per-method results already in ``out/results.json``, if it holds the same setup.
+
+    Raises (via ``parser.error``) when it holds another setup, so no result is overwritten by accident.
+    """
+    path = out / "results.json"
+    if not path.exists():
+        return {}, {}
+    report = json.loads(path.read_text())
+    differs = {key: (report["header"].get(key), value) for key, value in setup.items()
+               if report["header"].get(key) != value}
+    if differs:
+        parser.error(f"{path} holds results of another setup ({differs}, as (there, now)); choose another --out")
+    header = report["header"]
+    header.setdefault("commands", [header["command"]] if "command" in header else [])  # files from before "commands"
+    return header, {r["method"]: MethodResult(**r) for r in report["results"]}
 
 
 if __name__ == "__main__":
