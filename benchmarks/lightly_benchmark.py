@@ -12,14 +12,19 @@ Data comes from ../shared/datasets (``--datasets``). Each method trains with the
 lightly CIFAR-10 recipe (SGD momentum 0.9, weight decay 5e-4, lr 0.06 x batch/128
 with cosine decay, SimSiam a fixed 0.06; SimCLR-style views, DINO multi-crop) and
 is evaluated with kNN on the whole test split after every epoch, so both the
-final-epoch and best-epoch accuracy are reported, with wall time and peak memory.
-``distillation`` runs last and distills from the best model this run produced.
+final-epoch and best-epoch accuracy are reported, with training time and peak GPU
+and host memory per method. ``--lr`` replaces the recipe's learning rate.
+``distillation`` runs last and distills from the best model trained in this
+``--work-dir``.
 
 Checkpoints live in ``--work-dir``: rerunning the same command resumes every
 method from its last finished epoch (``--epochs`` can grow between runs only by
-starting over, since the cosine schedule depends on it). Writes ``results.json``
-and ``results.md`` to ``--out``. Needs only torch, torchvision and ssl_core, so it
-runs on a bare GPU machine.
+starting over, since the cosine schedule depends on it). Methods can run in
+separate calls (``--methods simclr``, then ``--methods moco``, ...; e.g. one per
+call on a machine with a time limit per command): results of the same setup in
+``--out`` are merged into one ``results.json`` and ``results.md``. Needs only
+torch, torchvision and ssl_core, so it runs on a bare GPU machine;
+``benchmarks/summarize.py`` then tabulates and plots every run.
 """
 
 from __future__ import annotations
