@@ -10,12 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
-from ssl_core.data import ManifestDataset
-from ssl_core.engine import TrainConfig, train
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.methods.simsiam import SimSiam, SimSiamConfig
-from tests.ssl_core.tiny import assert_backbone_grads_match, tiny_backbone
+from tests.ssl_core.tiny import (
+    assert_backbone_grads_match,
+    assert_checkpoint_round_trips,
+    tiny_backbone,
+    train_two_epochs_on_real_images,
+)
 
 FEATURE_DIM = 16
 TINY = SimSiamConfig(projection_hidden_dim=32, projection_dim=24, prediction_hidden_dim=8)
@@ -192,17 +194,8 @@ def test_training_step_gives_finite_loss_and_first_view_features():
 
 
 def test_checkpoint_state_round_trips():
-    method = make_method(seed=0).train()
-    method.training_step(images(seed=7))  # moves the BatchNorm running statistics off their defaults
-    state = method.checkpoint_state()
+    state = assert_checkpoint_round_trips(make_method(seed=0), make_method(seed=1), images(seed=7), images(seed=8))
     assert any(k.startswith("projection_head.") for k in state) and any(k.startswith("prediction_head.") for k in state)
-
-    fresh = make_method(seed=1)
-    fresh.load_checkpoint_state(state)
-    for key, value in state.items():
-        assert torch.equal(fresh.state_dict()[key], value), key
-    x = images(seed=8)
-    torch.testing.assert_close(fresh.training_step(x).loss, method.training_step(x).loss)
 
 
 def test_load_checkpoint_state_rejects_missing_predictor_keys():
@@ -213,13 +206,5 @@ def test_load_checkpoint_state_rejects_missing_predictor_keys():
 
 
 def test_engine_trains_on_real_images_without_collapse(cifar_folder: Path, tmp_path: Path):
-    view = view_transform(ViewConfig(32), Normalization())
-    dataset = ManifestDataset(cifar_folder, splits=["train"], transform=MultiView([view, view]))
-    config = TrainConfig(epochs=2, batch_size=16, lr=0.06, seed=3, device="cpu", precision="fp32")
-    method = make_method()
-    before = method.backbone[0].weight.detach().clone()
-    history = train(method, dataset, config, tmp_path / "ckpt")
-    assert len(history.epochs) == 2
+    history = train_two_epochs_on_real_images(make_method(), cifar_folder, tmp_path / "ckpt")
     assert all(math.isfinite(e.loss) and -1.0 <= e.loss <= 1.0 for e in history.epochs)
-    assert not any(e.collapsed for e in history.epochs)
-    assert not torch.equal(before, method.backbone[0].weight)

@@ -1,8 +1,13 @@
-"""Small stand-ins shared by the method tests: fast enough for many steps per test."""
+"""Small stand-ins and shared checks for the method tests: fast enough for many steps per test."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
+from ssl_core.data import ManifestDataset
+from ssl_core.engine import TrainConfig, train
 
 
 def tiny_backbone(feature_dim: int = 16) -> nn.Module:
@@ -17,8 +22,6 @@ def assert_backbone_grads_match(ours: nn.Module, theirs: nn.Module) -> None:
     One absolute tolerance for all: the conv bias before BatchNorm has a true gradient
     of 0, so its float noise (~1e-5) has no meaningful relative error.
     """
-    import torch
-
     ours_flat = torch.cat([p.grad.flatten() for p in ours.parameters()])
     theirs_flat = torch.cat([p.grad.flatten() for p in theirs.parameters()])
     torch.testing.assert_close(ours_flat, theirs_flat, atol=1e-4, rtol=1e-4)
@@ -35,3 +38,53 @@ def small_convnet(width: int = 32) -> nn.Module:
 
     return nn.Sequential(*block(3, width, 1), *block(width, 2 * width, 2), *block(2 * width, 4 * width, 2),
                          *block(4 * width, 8 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def assert_only_the_online_network_learns(method, momentum_parameters: list[nn.Parameter], views, feature_dim: int) -> None:
+    """One step: a scalar loss and detached first-view features; every trainable
+    parameter gets a gradient and the momentum network none (BYOL's target, MoCo's key encoder)."""
+    output = method.training_step(views)
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    assert output.features.shape == (views[0].shape[0], feature_dim) and not output.features.requires_grad
+    output.loss.backward()
+    assert all(p.grad is None for p in momentum_parameters)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.trainable_parameters())
+
+
+def assert_momentum_network_is_cut_off(method, momentum_parameters: list[nn.Parameter], views) -> None:
+    """The stop-gradient is in training_step itself, not only in requires_grad=False."""
+    for p in momentum_parameters:
+        p.requires_grad_(True)
+    method.training_step(views).loss.backward()
+    assert all(p.grad is None for p in momentum_parameters)
+
+
+def assert_checkpoint_round_trips(method, fresh, warm_up_views, check_views) -> dict:
+    """``fresh`` (built with another seed) restores ``method``'s checkpoint exactly; returns the state.
+
+    ``warm_up_views`` go through one training step first, so the BatchNorm running
+    statistics are off their defaults and checked too.
+    """
+    method.train().training_step(warm_up_views)
+    state = method.checkpoint_state()
+    fresh.load_checkpoint_state(state)
+    for key, value in state.items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    torch.testing.assert_close(fresh.training_step(check_views).loss, method.training_step(check_views).loss)
+    return state
+
+
+def train_two_epochs_on_real_images(method, cifar_folder, checkpoint_dir):
+    """Two engine epochs on real CIFAR images (two SimCLR views): the first conv moves, nothing collapses.
+
+    Returns the training history for the method's own loss-range checks.
+    """
+    view = view_transform(ViewConfig(32), Normalization())
+    dataset = ManifestDataset(cifar_folder, splits=["train"], transform=MultiView([view, view]))
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.06, seed=3, device="cpu", precision="fp32")
+    before = method.backbone[0].weight.detach().clone()
+    history = train(method, dataset, config, checkpoint_dir)
+    assert len(history.epochs) == 2
+    assert not any(e.collapsed for e in history.epochs)
+    assert not torch.equal(before, method.backbone[0].weight)
+    return history
