@@ -131,6 +131,11 @@ def peak_host_memory_gb() -> float | None:
     return None if kilobytes is None else kilobytes / 2**20
 
 
+def trained_model_path(args: argparse.Namespace, method: str) -> Path:
+    """Where ``run_method`` saves a method's backbone; distillation reads its teacher from there."""
+    return args.work_dir / "runs" / method / "model.pt"
+
+
 def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
     # The lightly recipe: 0.06 x batch/128, except SimSiam's fixed 0.06; --lr overrides it.
     lr = 0.06 if method == "simsiam" else 0.06 * args.batch_size / 128
@@ -218,7 +223,7 @@ def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespac
     result.best_epoch = result.knn_per_epoch.index(result.best_knn_top1) + 1
     result.collapsed = bool(history.epochs and history.epochs[-1].collapsed)
     info = EmbeddingModelInfo(spec.backbone, backbone.feature_dim, spec.image_size, norm, name)
-    save_embedding_model(method_dir / "model.pt", method.backbone.cpu(), info)
+    save_embedding_model(trained_model_path(args, name), method.backbone.cpu(), info)
     return result
 
 
@@ -303,11 +308,11 @@ def main(argv: list[str] | None = None) -> None:
         teacher = None
         if name == "distillation":
             candidates = [r for r in finished.values() if r.method != "distillation"
-                          and (args.work_dir / "runs" / r.method / "model.pt").exists()]
+                          and trained_model_path(args, r.method).exists()]
             if not candidates:
                 parser.error("distillation needs another method trained in this --work-dir to serve as its teacher")
             best = max(candidates, key=lambda r: r.final_knn_top1)
-            teacher = args.work_dir / "runs" / best.method / "model.pt"
+            teacher = trained_model_path(args, best.method)
             print(f"distillation teacher: {best.method} (kNN {best.final_knn_top1:.4f})")
         print(f"== {name}", flush=True)
         finished[name] = run_method(name, spec, root, args, teacher, random_init_top1)
