@@ -5,7 +5,10 @@ Sources: an image folder (``[split/]class/image`` or flat and unlabeled), a
 decoded; one that cannot be is copied to ``quarantine/`` and listed with its reason
 in ``ingest_report.json``: bad input never crashes the stage and is never dropped
 silently. Archive members whose path would land outside the output folder
-(absolute paths, ``..``, links) are refused and reported the same way.
+(absolute paths, ``..``, links) are refused and reported the same way, and so are
+symbolic links, FIFOs, sockets and devices inside a source folder: ingest never
+reads outside its source. Only ``ingest.source`` itself may be a link to a folder
+(the user named it on purpose); links below it are never followed.
 
 Labels and splits come from the path: a first folder named like a split
 (train/test/val/...) gives the split, the image's parent folder its label.
@@ -16,7 +19,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
+import stat
 import tarfile
 import warnings
 import zipfile
@@ -79,7 +84,7 @@ def run(params: IngestParams, out_dir: Path) -> IngestReport:
     elif source_format == "archive":
         files = iter_archive(Path(params.source), report)
     else:
-        files = iter_folder(Path(params.source))
+        files = iter_folder(Path(params.source), report)
 
     records = []
     for file in tqdm(files, desc="ingest", unit="img", mininterval=1.0):
@@ -98,7 +103,7 @@ def run(params: IngestParams, out_dir: Path) -> IngestReport:
     (out_dir / REPORT_NAME).write_text(json.dumps(asdict(report), indent=2) + "\n")
     if report.quarantined or report.refused:
         logger.warning(
-            "%d files quarantined, %d archive members refused: see %s",
+            "%d files quarantined, %d files or archive members refused: see %s",
             len(report.quarantined), len(report.refused), out_dir / REPORT_NAME,
         )
     return report
@@ -121,11 +126,83 @@ def detect_format(params: IngestParams) -> str:
     )
 
 
-def iter_folder(root: Path) -> Iterator[SourceFile]:
+# A link can point anywhere on disk (/etc/passwd, another dataset, its own parent).
+SYMLINK_REASON = "symbolic link: never followed"
+# O_NOFOLLOW makes opening a link fail, closing the race between the check and the open;
+# O_NONBLOCK keeps a FIFO swapped in after the check from blocking the open. 0 where absent.
+_SAFE_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def iter_folder(root: Path, report: IngestReport) -> Iterator[SourceFile]:
+    """Regular files under ``root``, in sorted path order, read without following links.
+
+    ``root`` itself may be a link to a folder: naming it is the user's choice. Below
+    it, symbolic links (to files or folders) are never followed, not even stat'ed
+    through, and neither FIFOs, sockets nor devices are read: each is refused and
+    recorded in ``report.refused``. Hard links are regular files and are read.
+
+    Raises:
+        IngestError: if ``root`` is empty.
+    """
     if not any(root.iterdir()):
         raise IngestError(f"ingest.source folder {root} is empty.")
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        yield SourceFile(PurePosixPath(path.relative_to(root).as_posix()), path.read_bytes())
+    # Depth-first with each folder's entries sorted by name: the order of sorting every path.
+    stack = _sorted_entries(root, PurePosixPath(), report)[::-1]
+    while stack:
+        entry, relative = stack.pop()
+        if entry.is_symlink():
+            report.refused.append({"member": str(relative), "reason": SYMLINK_REASON})
+        elif entry.is_dir(follow_symlinks=False):
+            stack.extend(_sorted_entries(Path(entry.path), relative, report)[::-1])
+        elif entry.is_file(follow_symlinks=False):
+            data, reason = _read_regular_file(Path(entry.path))
+            if reason is None:
+                yield SourceFile(relative, data)
+            else:
+                report.refused.append({"member": str(relative), "reason": reason})
+        else:
+            report.refused.append({"member": str(relative), "reason": _special_file_reason(entry)})
+
+
+def _sorted_entries(
+    folder: Path, relative: PurePosixPath, report: IngestReport
+) -> list[tuple[os.DirEntry[str], PurePosixPath]]:
+    """(entry, path inside the source) of each entry of ``folder``, sorted by name."""
+    try:
+        with os.scandir(folder) as entries:
+            found = sorted(entries, key=lambda entry: entry.name)
+    except OSError as error:  # a sub-folder without read permission must not crash the stage
+        report.refused.append({"member": str(relative), "reason": f"folder cannot be listed ({error.strerror})"})
+        return []
+    return [(entry, relative / entry.name) for entry in found]
+
+
+def _read_regular_file(path: Path) -> tuple[bytes, str | None]:
+    """(bytes, None) if ``path`` is still a regular file when opened, else (b"", reason)."""
+    try:
+        fd = os.open(path, _SAFE_OPEN_FLAGS)
+    except OSError as error:
+        # ELOOP: replaced by a link after the directory was listed.
+        return b"", SYMLINK_REASON if os.path.islink(path) else f"cannot be read ({error.strerror})"
+    with os.fdopen(fd, "rb") as file:
+        # The open may have raced with a swap to a FIFO or device; fstat looks at what was opened.
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            return b"", "not a regular file when opened: never read"
+        return file.read(), None
+
+
+def _special_file_reason(entry: os.DirEntry[str]) -> str:
+    """Why a FIFO, socket or device in a source folder is refused."""
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:  # gone since the folder was listed: still never read
+        mode = 0
+    kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+    # Reading a FIFO blocks until a writer appears; a device can be endless (/dev/zero).
+    return f"{kind}: never read"
 
 
 def iter_archive(path: Path, report: IngestReport) -> Iterator[SourceFile]:

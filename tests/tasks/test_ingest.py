@@ -1,9 +1,10 @@
-"""Ingest: real images in, manifest out; bad files quarantined, unsafe members refused."""
+"""Ingest: real images in, manifest out; bad files quarantined, unsafe members and links refused."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 import zipfile
@@ -13,7 +14,15 @@ import pytest
 from PIL import Image
 
 from ssl_core.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from tasks.ingest import REPORT_NAME, IngestError, run, split_and_label, unsafe_member_reason
+from tasks.ingest import (
+    REPORT_NAME,
+    IngestError,
+    IngestReport,
+    _read_regular_file,
+    run,
+    split_and_label,
+    unsafe_member_reason,
+)
 from tasks.params import IngestParams
 
 
@@ -192,3 +201,137 @@ def test_torchvision_cifar10_without_copy_or_internet_is_a_clear_error(tmp_path:
     monkeypatch.setattr(CIFAR10, "download", offline)  # never touch the network from a test
     with pytest.raises(IngestError, match="could not be downloaded .*network unreachable"):
         run(IngestParams(source=str(tmp_path / "nothing"), format="torchvision-cifar10"), tmp_path / "out")
+
+
+# Links and special files inside a folder source: never followed, never read, always reported.
+
+PASSWD_LIKE = b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+SOURCE_IMAGES = ("test/dog/0.jpg", "train/cat/0.jpg", "train/cat/1.jpg", "train/dog/0.jpg")
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """``tmp_path/src`` with four small real JPEGs in train/test class folders."""
+    source = tmp_path / "src"
+    for i, name in enumerate(SOURCE_IMAGES):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(jpeg_bytes(color=(40 * i, 100, 200 - 40 * i)))
+    return source
+
+
+def ingested_paths(out: Path) -> set[str]:
+    return {r.path for r in read_manifest(out / MANIFEST_NAME)}
+
+
+def assert_rest_of_folder_ingested(report: IngestReport, out: Path) -> None:
+    assert report.num_images == len(SOURCE_IMAGES)
+    assert ingested_paths(out) == {f"images/{name}" for name in SOURCE_IMAGES}
+
+
+def refusals(out: Path) -> dict[str, str]:
+    """member -> reason, as saved in the report on disk."""
+    return {r["member"]: r["reason"] for r in json.loads((out / REPORT_NAME).read_text())["refused"]}
+
+
+def test_link_to_a_file_outside_the_source_is_refused_and_never_read(image_folder: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "passwd"
+    secret.write_bytes(PASSWD_LIKE)
+    (image_folder / "train" / "cat" / "x.jpg").symlink_to(secret)
+    out = tmp_path / "out"
+    report = run(IngestParams(source=str(image_folder)), out)
+    # Not copied anywhere, under any name: images/, quarantine/, the report.
+    assert all(PASSWD_LIKE[:20] not in p.read_bytes() for p in out.rglob("*") if p.is_file())
+    assert report.quarantined == [] and not (out / "quarantine").exists()
+    assert report.refused == [{"member": "train/cat/x.jpg", "reason": "symbolic link: never followed"}]
+    assert refusals(out) == {"train/cat/x.jpg": "symbolic link: never followed"}
+    assert_rest_of_folder_ingested(report, out)
+
+
+def test_link_to_a_valid_image_outside_the_source_is_refused_not_ingested(image_folder: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(jpeg_bytes(color=(1, 2, 3)))
+    (image_folder / "train" / "cat" / "stolen.jpg").symlink_to(elsewhere)
+    out = tmp_path / "out"
+    report = run(IngestParams(source=str(image_folder)), out)
+    assert_rest_of_folder_ingested(report, out)
+    assert "images/train/cat/stolen.jpg" not in ingested_paths(out)
+    assert refusals(out) == {"train/cat/stolen.jpg": "symbolic link: never followed"}
+    assert not (out / "images" / "train" / "cat" / "stolen.jpg").exists()
+
+
+def test_link_to_a_folder_outside_the_source_is_not_descended_into(image_folder: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "other-dataset" / "bird"
+    outside.mkdir(parents=True)
+    for i in range(3):
+        (outside / f"{i}.jpg").write_bytes(jpeg_bytes(color=(10, 10 * i, 10)))
+    (image_folder / "train" / "bird").symlink_to(outside, target_is_directory=True)
+    out = tmp_path / "out"
+    report = run(IngestParams(source=str(image_folder)), out)
+    assert_rest_of_folder_ingested(report, out)
+    assert "bird" not in report.labels and not (out / "images" / "train" / "bird").exists()
+    assert refusals(out) == {"train/bird": "symbolic link: never followed"}
+
+
+def test_link_loops_do_not_hang_or_crash(image_folder: Path, tmp_path: Path) -> None:
+    cat = image_folder / "train" / "cat"
+    (cat / "a.jpg").symlink_to(cat / "b.jpg")
+    (cat / "b.jpg").symlink_to(cat / "a.jpg")
+    (cat / "parent").symlink_to("..", target_is_directory=True)  # train/cat/parent -> train/
+    (image_folder / "self").symlink_to(".", target_is_directory=True)
+    out = tmp_path / "out"
+    report = run(IngestParams(source=str(image_folder)), out)
+    assert_rest_of_folder_ingested(report, out)
+    assert set(refusals(out)) == {"train/cat/a.jpg", "train/cat/b.jpg", "train/cat/parent", "self"}
+    assert {r["reason"] for r in report.refused} == {"symbolic link: never followed"}
+
+
+def test_hard_link_inside_the_source_is_ingested_as_a_normal_image(image_folder: Path, tmp_path: Path) -> None:
+    original = image_folder / "train" / "cat" / "0.jpg"
+    os.link(original, image_folder / "train" / "dog" / "same-as-cat.jpg")
+    out = tmp_path / "out"
+    report = run(IngestParams(source=str(image_folder)), out)
+    assert report.num_images == len(SOURCE_IMAGES) + 1 and report.refused == []
+    copy = out / "images" / "train" / "dog" / "same-as-cat.jpg"
+    assert copy.read_bytes() == original.read_bytes() and not copy.is_symlink()
+    assert "images/train/dog/same-as-cat.jpg" in ingested_paths(out)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_in_the_source_is_refused_without_blocking(image_folder: Path, tmp_path: Path) -> None:
+    os.mkfifo(image_folder / "train" / "cat" / "pipe.jpg")  # reading it would wait forever for a writer
+    out = tmp_path / "out"
+    report = run(IngestParams(source=str(image_folder)), out)
+    assert_rest_of_folder_ingested(report, out)
+    assert refusals(out) == {"train/cat/pipe.jpg": "FIFO: never read"}
+
+
+def test_source_that_is_itself_a_link_to_a_folder_is_followed(image_folder: Path, tmp_path: Path) -> None:
+    """Naming a linked folder as ingest.source is the user's choice; only links below it are refused."""
+    alias = tmp_path / "alias"
+    alias.symlink_to(image_folder, target_is_directory=True)
+    out = tmp_path / "out"
+    report = run(IngestParams(source=str(alias)), out)
+    assert_rest_of_folder_ingested(report, out)
+    assert report.refused == []
+
+
+def test_folder_holding_only_links_has_no_image_and_says_so(tmp_path: Path) -> None:
+    source = tmp_path / "links-only"
+    source.mkdir()
+    (tmp_path / "real.jpg").write_bytes(jpeg_bytes())
+    (source / "real.jpg").symlink_to(tmp_path / "real.jpg")
+    with pytest.raises(IngestError, match=r"No decodable image .*\(0 quarantined, 1 refused\)"):
+        run(IngestParams(source=str(source)), tmp_path / "out")
+
+
+def test_a_file_swapped_for_a_link_or_fifo_after_listing_is_not_read(tmp_path: Path) -> None:
+    """The open itself refuses links (O_NOFOLLOW) and non-regular files (fstat): no check-then-open race."""
+    secret = tmp_path / "passwd"
+    secret.write_bytes(PASSWD_LIKE)
+    (tmp_path / "link.jpg").symlink_to(secret)
+    assert _read_regular_file(tmp_path / "link.jpg") == (b"", "symbolic link: never followed")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.jpg")
+        assert _read_regular_file(tmp_path / "pipe.jpg") == (b"", "not a regular file when opened: never read")
+    (tmp_path / "ok.jpg").write_bytes(b"bytes")
+    assert _read_regular_file(tmp_path / "ok.jpg") == (b"bytes", None)
