@@ -7,6 +7,7 @@ from ssl_core.losses.distillation import QueueDistillationLoss
 from ssl_core.losses.info_nce import InfoNCELoss
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.losses.ntx_ent import NTXentLoss
+from ssl_core.losses.vicreg import VICRegLoss
 
 __all__ = [
     "BarlowTwinsLoss",
@@ -16,6 +17,7 @@ __all__ = [
     "NegativeCosineSimilarity",
     "NormalizedMSELoss",
     "QueueDistillationLoss",
+    "VICRegLoss",
     "next_center",
     "softmax_center_teacher",
 ]
