@@ -17,11 +17,13 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 
 
-def tracking_uri(project_dir: Path = Path(".")) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
+def project_db_uri(project_dir: Path = Path(".")) -> str:
+    """The project's own SQLite store, used when ``MLFLOW_TRACKING_URI`` names none."""
     return f"sqlite:///{(project_dir / DEFAULT_DB).resolve()}"
+
+
+def tracking_uri(project_dir: Path = Path(".")) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or project_db_uri(project_dir)
 
 
 def connect(project_dir: Path = Path(".")) -> MlflowClient:
@@ -39,6 +41,9 @@ def ensure_experiment(name: str, project_dir: Path = Path(".")) -> str:
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    # Compared by URI, not by whether the variable is set: mlflow.set_tracking_uri (in
+    # connect) sets MLFLOW_TRACKING_URI itself, which would send the artifacts of the
+    # project's own store to ./mlruns in whatever folder the process runs in.
+    if tracking_uri(project_dir) == project_db_uri(project_dir):
         artifact_location = (project_dir / DEFAULT_ARTIFACTS).resolve().as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)
