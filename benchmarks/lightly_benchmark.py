@@ -41,20 +41,22 @@ from pathlib import Path
 
 import torch
 
-from ssl_core.augment import MultiView, Normalization, ViewConfig, eval_transform, view_transform
+from ssl_core.augment import Normalization, eval_transform
 from ssl_core.backbones import build_backbone
 from ssl_core.data import ManifestDataset
 from ssl_core.embed import compute_embeddings
 from ssl_core.engine import EpochStats, TrainConfig, train
 from ssl_core.knn import knn_evaluate
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
-from ssl_core.methods import SELF_SUPERVISED, Distillation, DistillationConfig, auto_queue_size
-from ssl_core.model_file import EmbeddingModelInfo, load_embedding_model, save_embedding_model
-from ssl_core.multicrop import MultiCropConfig, multicrop_transform
+from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig
+from ssl_core.methods.factory import build_method, method_class
+from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
 from ssl_core.precision import resolve_device, seed_everything
+from ssl_core.teachers import load_teacher_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ALL_METHODS = ("simclr", "moco", "simsiam", "barlowtwins", "byol", "dino", "distillation")
+# Methods that learn from a teacher run last: their teacher is a method trained before them.
+ALL_METHODS = tuple(sorted(METHOD_NAMES, key=lambda name: method_class(name).needs_teacher))
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,8 @@ def trained_model_path(args: argparse.Namespace, method: str) -> Path:
 
 
 def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
-    # The lightly recipe: 0.06 x batch/128, except SimSiam's fixed 0.06; --lr overrides it.
-    lr = 0.06 if method == "simsiam" else 0.06 * args.batch_size / 128
-    lr = args.lr if args.lr is not None else lr
+    # The lightly recipe: 0.06 x batch/128, or a fixed 0.06 where the method says so (SimSiam); --lr overrides it.
+    lr = args.lr if args.lr is not None else method_class(method).peak_lr(0.06, args.batch_size)
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, momentum=0.9, weight_decay=5e-4,
                        seed=args.seed, device=args.device, precision=args.precision, num_workers=args.num_workers)
 
@@ -164,6 +165,15 @@ def random_init_knn(spec: DatasetSpec, root: Path, args: argparse.Namespace) -> 
     return knn_top1(build_backbone(spec.backbone, spec.image_size).module, *evaluation_splits(spec, root), args)
 
 
+def recipe(name: str, spec: DatasetSpec) -> object:
+    """The method's default recipe; DINO's crops get the dataset's blur (none at 32 px), as in lightly."""
+    default = method_class(name).recipe()
+    if isinstance(default, DINOConfig):
+        blur = (spec.blur_prob, spec.blur_prob / 5, spec.blur_prob)
+        return replace(default, multicrop=MultiCropConfig(blur_probs=blur))
+    return default
+
+
 def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespace, teacher_path: Path | None,
                random_init_top1: float) -> MethodResult:
     norm = Normalization()
@@ -171,22 +181,9 @@ def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespac
     seed_everything(args.seed)
     backbone = build_backbone(spec.backbone, spec.image_size)
     train_set = ManifestDataset(root, [spec.train_split])
-    view = ViewConfig(image_size=spec.image_size, blur_prob=spec.blur_prob)
-    if name == "distillation":
-        teacher, teacher_info = load_embedding_model(teacher_path)
-        method = Distillation(backbone.module, backbone.feature_dim, teacher, teacher_info.feature_dim,
-                              auto_queue_size(len(train_set)), DistillationConfig())
-        view = replace(view, crop_scale=(0.14, 1.0))  # LightlyTrain's distillation views
-    else:
-        method_class, config_class = SELF_SUPERVISED[name]
-        method = method_class(backbone.module, backbone.feature_dim, config_class())
-    if name == "dino":
-        local_size = spec.image_size // 2
-        train_set.transform = multicrop_transform(
-            MultiCropConfig(global_size=spec.image_size, local_size=local_size,
-                            blur_probs=(spec.blur_prob, spec.blur_prob / 5, spec.blur_prob)), norm)
-    else:
-        train_set.transform = MultiView([view_transform(view, norm)] * method.num_views)
+    teacher = load_teacher_file(teacher_path) if teacher_path is not None else None
+    method = build_method(name, backbone, recipe(name, spec), teacher=teacher, num_images=len(train_set))
+    train_set.transform = method.train_transform(method.view_config(spec.image_size, blur_prob=spec.blur_prob), norm)
 
     config = train_config(args, name)
     method_dir = args.work_dir / "runs" / name
@@ -252,12 +249,6 @@ def markdown(results: list[MethodResult], header: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(out: Path) -> None:
-    """Rewrites ``results.md`` from ``results.json`` (after a format change)."""
-    report = json.loads((out / "results.json").read_text())
-    (out / "results.md").write_text(markdown([MethodResult(**r) for r in report["results"]], report["header"]))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
@@ -282,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(methods) - set(ALL_METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
-    # Distillation needs a teacher from this run: train it last.
+    # A method that needs a teacher learns from one trained before it in this run.
     methods = tuple(m for m in ALL_METHODS if m in methods)
 
     spec = DATASETS[args.dataset]
@@ -306,14 +297,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"random-init kNN top-1: {random_init_top1:.4f}", flush=True)
     for name in methods:
         teacher = None
-        if name == "distillation":
-            candidates = [r for r in finished.values() if r.method != "distillation"
+        if method_class(name).needs_teacher:
+            candidates = [r for r in finished.values() if not method_class(r.method).needs_teacher
                           and trained_model_path(args, r.method).exists()]
             if not candidates:
-                parser.error("distillation needs another method trained in this --work-dir to serve as its teacher")
+                parser.error(f"{name} needs another method trained in this --work-dir to serve as its teacher")
             best = max(candidates, key=lambda r: r.final_knn_top1)
             teacher = trained_model_path(args, best.method)
-            print(f"distillation teacher: {best.method} (kNN {best.final_knn_top1:.4f})")
+            print(f"{name} teacher: {best.method} (kNN {best.final_knn_top1:.4f})")
         print(f"== {name}", flush=True)
         finished[name] = run_method(name, spec, root, args, teacher, random_init_top1)
 

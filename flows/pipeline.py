@@ -33,7 +33,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.states import Completed, State  # noqa: E402
 
-STAGES = ("ingest", "teacher", "pretrain", "evaluate", "export", "register")
+from tasks.stages import STAGE_NAMES  # noqa: E402
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -58,10 +58,10 @@ def reproduce_stage(stage: str, project_dir: str) -> State:
 @flow(name="ssl-pipeline", log_prints=True)
 def ssl_pipeline(stages: list[str] | None = None, project_dir: str = str(PROJECT_DIR)) -> dict[str, str]:
     """Reproduces ``stages`` (default: all) in pipeline order; returns each stage's state name."""
-    selected = [s for s in STAGES if stages is None or s in stages]
-    unknown = set(stages or []) - set(STAGES)
+    selected = [s for s in STAGE_NAMES if stages is None or s in stages]
+    unknown = set(stages or []) - set(STAGE_NAMES)
     if unknown:
-        raise ValueError(f"Unknown stages {sorted(unknown)}; choose from {STAGES}.")
+        raise ValueError(f"Unknown stages {sorted(unknown)}; choose from {STAGE_NAMES}.")
     states = {}
     for stage in selected:
         state = reproduce_stage(stage, project_dir, return_state=True)
@@ -73,7 +73,7 @@ def ssl_pipeline(stages: list[str] | None = None, project_dir: str = str(PROJECT
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the SSL pipeline as a Prefect flow over the DVC stages.")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, help="subset of stages (default: all, in order)")
+    parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, help="subset of stages (default: all, in order)")
     parser.add_argument("--project-dir", default=str(PROJECT_DIR), help="the DVC project (default: this repository)")
     args = parser.parse_args(argv)
     states = ssl_pipeline(stages=args.stages, project_dir=args.project_dir)

@@ -1,12 +1,16 @@
-"""Checks for recipe dataclasses, called from their ``__post_init__``.
+"""Checks for recipe dataclasses, called from their ``__post_init__``, and shared choices.
 
 Configs fail when they are built (from params.yaml, before any work), with the
 field, the value and what is allowed, instead of deep inside a training step.
+Free of torch, like the recipes, so that params.yaml validates without it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# Numeric precisions of training and embedding (ssl_core.precision.autocast).
+PRECISIONS = ("fp32", "bf16-mixed")
 
 
 def require_positive(config: Any, *names: str) -> None:

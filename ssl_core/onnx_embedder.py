@@ -1,6 +1,7 @@
 """Embedding images with an exported ONNX model: preprocessing included.
 
-Needs only numpy, pillow and onnxruntime, so a serving image can skip torch. The
+Needs only numpy, pillow, onnx and onnxruntime (no torch: a test imports it without),
+so a serving image can skip torch. The
 preprocessing reproduces the eval transform of :mod:`ssl_core.augment` from the
 size and normalization stored in the ONNX metadata: resize the short side
 (bilinear, as torchvision does for PIL images), center crop, scale to [0, 1],
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ssl_core.export import INPUT_NAME, OUTPUT_NAME, OnnxMetadata, onnx_session, read_onnx_metadata
+from ssl_core.onnx_format import INPUT_NAME, OUTPUT_NAME, OnnxMetadata, onnx_session, read_onnx_metadata
 
 
 def preprocess(image: Image.Image, metadata: OnnxMetadata) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import ContextManager
 import numpy as np
 import torch
 
-PRECISIONS = ("fp32", "bf16-mixed")
+from ssl_core.config_checks import PRECISIONS
 
 
 def resolve_device(device: str) -> torch.device:

@@ -5,104 +5,76 @@
     sslpipe ingest --out data/ingested
     sslpipe serve --model models:/ssl-embedder@champion
 
-dvc.yaml calls the same subcommands, one per stage, so the three entry points
-(CLI, DVC, Prefect) run identical code.
+One subcommand per stage of :data:`tasks.stages.STAGES`; dvc.yaml calls the same
+subcommands, so the three entry points (CLI, DVC, Prefect) run identical code.
+This module imports no stage, torch or mlflow: a stage's module is imported when
+it runs, so ``--help`` and a params error answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from tasks import layout
+from tasks.errors import UserError
 from tasks.params import Params, ParamsError, load_params
+from tasks.stages import STAGES, Stage, producer_of
 
 logger = logging.getLogger("sslpipe")
 
-STAGES = ("ingest", "teacher", "pretrain", "evaluate", "export", "register")
+
+class MissingInputError(UserError):
+    """A stage's input does not exist yet: the message names the stage to run first."""
 
 
-def stage_ingest(params: Params, args: argparse.Namespace) -> Any:
-    from tasks import ingest
-
-    return ingest.run(params.ingest, args.out)
-
-
-def stage_teacher(params: Params, args: argparse.Namespace) -> Any:
-    from tasks import teacher
-
-    return teacher.run(params, args.data, args.out, args.checkpoints)
-
-
-def stage_pretrain(params: Params, args: argparse.Namespace) -> Any:
-    from ssl_core.methods import TEACHER_METHODS
-    from tasks import pretrain, teacher
-
-    frozen_teacher = teacher.load(args.teacher) if params.pretrain.method in TEACHER_METHODS else None
-    return pretrain.run(params.pretrain, params.data, args.data, args.out, args.checkpoints, frozen_teacher)
+def run_stage(stage: Stage, params: Params, args: argparse.Namespace) -> None:
+    """Checks that the stage's inputs exist, then runs its module's ``main``."""
+    for option in stage.inputs:
+        path = Path(getattr(args, option.name))
+        required = path / option.requires if option.requires else path
+        if not required.exists():
+            producer = producer_of(option.default)
+            hint = f"run `sslpipe {producer.name}` first" if producer else "create it"
+            raise MissingInputError(f"{required} not found: {hint}, or pass --{option.name}.")
+    importlib.import_module(stage.module).main(params, args)
 
 
-def stage_evaluate(params: Params, args: argparse.Namespace) -> Any:
-    from tasks import evaluate
+def run_all(params: Params, args: argparse.Namespace) -> None:
+    """The whole chain in this process, with the default layout."""
+    from tasks.pretrain import check_training
 
-    return evaluate.run(params.evaluate, params.data, args.data, args.model, args.out)
-
-
-def stage_export(params: Params, args: argparse.Namespace) -> Any:
-    from tasks import export
-
-    return export.run(params.export, params.data, args.data, args.model, args.out)
-
-
-def stage_register(params: Params, args: argparse.Namespace) -> Any:
-    from tasks import registry
-
-    return registry.run(params, args.data, args.model, args.evaluation, args.onnx, args.out)
+    # The checks that need torch, before the first stage does any work.
+    check_training(params.teacher, "teacher")
+    check_training(params.pretrain, "pretrain")
+    started = time.perf_counter()
+    for stage in STAGES:
+        stage_started = time.perf_counter()
+        logger.info("== %s ==", stage.name)
+        run_stage(stage, params, argparse.Namespace(**{o.name: o.default for o in stage.options}))
+        logger.info("%s done in %.0f s", stage.name, time.perf_counter() - stage_started)
+    print_summary(time.perf_counter() - started)
 
 
-def stage_serve(params: Params, args: argparse.Namespace) -> Any:
-    from tasks.serve import serve
+def serve(params: Params, args: argparse.Namespace) -> None:
+    from tasks.serve import serve as serve_model
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     model = args.model or f"models:/{params.registry.model_name}@champion"
-    serve(model, params.serve.model_copy(update=overrides), args.cache)
-
-
-def stage_run(params: Params, args: argparse.Namespace) -> Any:
-    """The whole chain in this process, with the default layout."""
-    namespace = argparse.Namespace(
-        data=layout.INGESTED, teacher=layout.TEACHER, model=layout.STUDENT, evaluation=layout.EVALUATION,
-        onnx=layout.ONNX_DIR,
-    )
-    steps: list[tuple[str, Callable, dict]] = [
-        ("ingest", stage_ingest, {"out": layout.INGESTED}),
-        ("teacher", stage_teacher, {"out": layout.TEACHER, "checkpoints": layout.TEACHER_CHECKPOINTS}),
-        ("pretrain", stage_pretrain, {"out": layout.STUDENT, "checkpoints": layout.STUDENT_CHECKPOINTS}),
-        ("evaluate", stage_evaluate, {"out": layout.EVALUATION}),
-        ("export", stage_export, {"out": layout.ONNX_DIR}),
-        ("register", stage_register, {"out": layout.REGISTRATION}),
-    ]
-    started = time.perf_counter()
-    for name, function, extra in steps:
-        stage_started = time.perf_counter()
-        logger.info("== %s ==", name)
-        function(params, argparse.Namespace(**{**vars(namespace), **extra}))
-        logger.info("%s done in %.0f s", name, time.perf_counter() - stage_started)
-    print_summary(time.perf_counter() - started)
+    serve_model(model, params.serve.model_copy(update=overrides), args.cache)
 
 
 def print_summary(seconds: float | None = None) -> None:
     """Where the model, metrics and MLflow UI are (read from the stage outputs)."""
-    from tasks.mlflow_setup import tracking_uri
-
-    metrics = json.loads((layout.EVALUATION / "metrics.json").read_text())
+    metrics = json.loads((layout.EVALUATION / layout.METRICS_FILE).read_text())
     registration = json.loads(layout.REGISTRATION.read_text())
     lines = [
         "",
@@ -111,18 +83,13 @@ def print_summary(seconds: float | None = None) -> None:
         f"random init {metrics['random_init']['top1']:.4f} (gain {metrics['gain_top1']:+.4f})",
         f"  PyTorch model : {layout.STUDENT / layout.MODEL_FILE}",
         f"  ONNX model    : {layout.ONNX_DIR / layout.ONNX_FILE}",
-        f"  metrics       : {layout.EVALUATION / 'metrics.json'} (plot: {layout.EVALUATION / 'knn.png'})",
+        f"  metrics       : {layout.EVALUATION / layout.METRICS_FILE} (plot: {layout.EVALUATION / 'knn.png'})",
         f"  MLflow model  : models:/{registration['model_name']}/{registration['version']} "
         f"aliases {registration['aliases']}",
-        f"  MLflow UI     : mlflow ui --backend-store-uri {tracking_uri()}  (then open http://127.0.0.1:5000)",
+        f"  MLflow UI     : mlflow ui --backend-store-uri {registration['tracking_uri']}  (then open http://127.0.0.1:5000)",
         f"  serve         : sslpipe serve --model models:/{registration['model_name']}@champion",
     ]
     print("\n".join(lines))
-
-
-def _add_paths(parser: argparse.ArgumentParser, **paths: tuple[Path, str]) -> None:
-    for name, (default, help_text) in paths.items():
-        parser.add_argument(f"--{name}", type=Path, default=default, help=f"{help_text} (default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,36 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", parents=[common], help="decode and catalogue the images of ingest.source")
-    _add_paths(p, out=(layout.INGESTED, "output folder: images/, manifest.csv, ingest_report.json"))
-    p.set_defaults(handler=stage_ingest)
-
-    p = sub.add_parser("teacher", parents=[common], help="prepare the distillation teacher (teacher.source)")
-    _add_paths(p, data=(layout.INGESTED, "ingested dataset"), out=(layout.TEACHER, "teacher folder"),
-               checkpoints=(layout.TEACHER_CHECKPOINTS, "epoch checkpoints, kept for resume"))
-    p.set_defaults(handler=stage_teacher)
-
-    p = sub.add_parser("pretrain", parents=[common], help="self-supervised pretraining of the student (pretrain.*)")
-    _add_paths(p, data=(layout.INGESTED, "ingested dataset"), teacher=(layout.TEACHER, "prepared teacher folder"),
-               out=(layout.STUDENT, "model folder: model.pt, history.json, training.png"),
-               checkpoints=(layout.STUDENT_CHECKPOINTS, "epoch checkpoints, kept for resume"))
-    p.set_defaults(handler=stage_pretrain)
-
-    p = sub.add_parser("evaluate", parents=[common], help="kNN accuracy of the student and of a random-init baseline")
-    _add_paths(p, data=(layout.INGESTED, "ingested dataset"), model=(layout.STUDENT, "model folder"),
-               out=(layout.EVALUATION, "metrics.json, per_class.json, knn.png"))
-    p.set_defaults(handler=stage_evaluate)
-
-    p = sub.add_parser("export", parents=[common], help="export the student to ONNX and check it against PyTorch")
-    _add_paths(p, data=(layout.INGESTED, "ingested dataset (check images)"), model=(layout.STUDENT, "model folder"),
-               out=(layout.ONNX_DIR, "model.onnx, export_report.json"))
-    p.set_defaults(handler=stage_export)
-
-    p = sub.add_parser("register", parents=[common], help="log to MLflow, register the ONNX model, set aliases")
-    _add_paths(p, data=(layout.INGESTED, "ingested dataset"), model=(layout.STUDENT, "model folder"),
-               evaluation=(layout.EVALUATION, "evaluation folder"), onnx=(layout.ONNX_DIR, "ONNX folder"),
-               out=(layout.REGISTRATION, "registration summary"))
-    p.set_defaults(handler=stage_register)
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, parents=[common], help=stage.help)
+        for option in stage.options:
+            p.add_argument(f"--{option.name}", type=Path, default=option.default,
+                           help=f"{option.help} (default: {option.default})")
+        p.set_defaults(handler=lambda params, args, stage=stage: run_stage(stage, params, args))
 
     p = sub.add_parser("serve", parents=[common], help="serve embeddings over HTTP from an ONNX model")
     p.add_argument("--model", default=None,
@@ -176,11 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: models:/<register.model_name>@champion)")
     p.add_argument("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
-    _add_paths(p, cache=(Path("models/serving"), "where registry models are downloaded"))
-    p.set_defaults(handler=stage_serve)
+    p.add_argument("--cache", type=Path, default=layout.SERVING_CACHE,
+                   help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})")
+    p.set_defaults(handler=serve)
 
     p = sub.add_parser("run", parents=[common], help="run every stage in order (no DVC, no Prefect)")
-    p.set_defaults(handler=stage_run)
+    p.set_defaults(handler=run_all)
 
     p = sub.add_parser("summary", parents=[common], help="print where the model, metrics and MLflow UI are")
     p.add_argument("--seconds", type=float, default=None, help="pipeline wall time to report")
@@ -204,12 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for chatty in ("onnxscript", "onnx_ir", "alembic"):  # per-pass INFO lines drown the pipeline's own
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    from tasks.errors import USER_ERRORS
-
     try:
         params = load_params(args.params, parse_overrides(args.overrides))
         args.handler(params, args)
-    except USER_ERRORS as error:
+    except UserError as error:
         # Expected failures get one line that says what to do, not a traceback.
         print(f"sslpipe {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1,25 +1,13 @@
-"""The expected failures: bad params or inputs that the user can fix.
+"""The one base class of expected failures: what the user can fix from the message.
 
-The CLI prints these as one line; anything else is a bug and keeps its traceback.
+Bad params, a missing input, data that does not fit the method: each stage raises
+a subclass of :class:`UserError`, and the CLI prints it as one line that says what
+to do. Anything else, a ``FileNotFoundError`` from a bug included, is not expected
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
-from tasks.evaluate import EvaluationError
-from tasks.export import ExportMismatchError
-from tasks.ingest import IngestError
-from tasks.params import ParamsError
-from tasks.pretrain import PretrainError
-from tasks.registry import RegistryError
-from tasks.teacher import TeacherError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ParamsError,
-    IngestError,
-    PretrainError,
-    TeacherError,
-    EvaluationError,
-    ExportMismatchError,
-    RegistryError,
-    FileNotFoundError,
-)
+class UserError(Exception):
+    """A failure the user can fix: the message says what was wrong and what to do."""

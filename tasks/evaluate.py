@@ -9,11 +9,13 @@ pretraining gained. Writes ``metrics.json`` (DVC metrics), ``per_class.json`` an
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from ssl_core.augment import eval_transform
@@ -23,23 +25,29 @@ from ssl_core.embed import compute_embeddings
 from ssl_core.knn import KNNResult, knn_evaluate
 from ssl_core.model_file import load_embedding_model
 from ssl_core.precision import resolve_device, seed_everything
-from tasks.layout import MODEL_FILE
-from tasks.params import DataParams, EvaluateParams
-from tasks.plots import plot_knn
+from tasks.errors import UserError
+from tasks.layout import METRICS_FILE, MODEL_FILE
+from tasks.params import EvaluateParams, Params
 
 logger = logging.getLogger(__name__)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     """The data cannot be evaluated with kNN; the message says what to do."""
 
 
-def run(evaluate: EvaluateParams, data: DataParams, ingested: Path, student_dir: Path, out_dir: Path) -> dict:
+def main(params: Params, args: argparse.Namespace) -> None:
+    run(params.evaluate, params.data.train_split, params.data.test_split, args.data, args.model, args.out)
+
+
+def run(evaluate: EvaluateParams, train_split: str, test_split: str, ingested: Path, student_dir: Path,
+        out_dir: Path) -> dict:
+    """kNN of the student and of a random-init twin: ``train_split`` is the bank, ``test_split`` the queries."""
     backbone, info = load_embedding_model(student_dir / MODEL_FILE)
     transform = eval_transform(info.image_size, info.normalization)
-    bank = ManifestDataset(ingested, splits=[data.train_split], transform=transform)
-    queries = ManifestDataset(ingested, splits=[data.test_split], transform=transform)
-    for role, split, dataset in (("bank", data.train_split, bank), ("queries", data.test_split, queries)):
+    bank = ManifestDataset(ingested, splits=[train_split], transform=transform)
+    queries = ManifestDataset(ingested, splits=[test_split], transform=transform)
+    for role, split, dataset in (("bank", train_split, bank), ("queries", test_split, queries)):
         if not dataset.is_fully_labeled:
             raise EvaluationError(
                 f"kNN evaluation needs labels, but split {split!r} ({role}) has "
@@ -61,7 +69,7 @@ def run(evaluate: EvaluateParams, data: DataParams, ingested: Path, student_dir:
         "num_queries": len(queries),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     per_class = {name: {"top1": r.top1, "per_class_top1": r.per_class_top1} for name, r in results.items()}
     (out_dir / "per_class.json").write_text(json.dumps({"classes": bank.class_names, **per_class}, indent=2) + "\n")
     plot_knn(per_class, bank.class_names, out_dir / "knn.png", evaluate.k)
@@ -79,3 +87,19 @@ def _knn(backbone: torch.nn.Module, bank: ManifestDataset, queries: ManifestData
                                                  device, evaluate.precision, on_batch=bar.update))
     (bank_x, bank_y), (query_x, query_y) = embeddings
     return knn_evaluate(bank_x, bank_y, query_x, query_y, len(bank.class_names), evaluate.k, evaluate.temperature)
+
+
+def plot_knn(results: dict[str, dict], class_names: list[str], path: Path, k: int) -> Path:
+    """Per-class kNN top-1 of each model, with the overall accuracy in the legend."""
+    fig = Figure(figsize=(max(6.0, 0.7 * len(class_names) + 2), 4))  # no pyplot: no global state
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(results))
+    for i, (name, result) in enumerate(results.items()):
+        positions = [c + (i - (len(results) - 1) / 2) * width for c in range(len(class_names))]
+        ax.bar(positions, result["per_class_top1"], width, label=f"{name}: top-1 {result['top1']:.3f}")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set(ylabel="kNN top-1", ylim=(0, 1), title=f"kNN accuracy per class (k={k})")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path

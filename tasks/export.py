@@ -8,6 +8,7 @@ Writes ``model.onnx`` and ``export_report.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -16,24 +17,31 @@ import torch
 
 from ssl_core.augment import eval_transform
 from ssl_core.data import ManifestDataset
-from ssl_core.export import OnnxMetadata, export_onnx, max_abs_difference
+from ssl_core.export import export_onnx, max_abs_difference
+from ssl_core.onnx_format import OnnxMetadata
 from ssl_core.model_file import load_embedding_model
+from tasks.errors import UserError
 from tasks.layout import MODEL_FILE, ONNX_FILE
-from tasks.params import DataParams, ExportParams
+from tasks.params import ExportParams, Params
 
 logger = logging.getLogger(__name__)
 
 
-class ExportMismatchError(RuntimeError):
+class ExportMismatchError(UserError):
     """ONNX and PyTorch disagree beyond the tolerance."""
 
 
-def run(export: ExportParams, data: DataParams, ingested: Path, student_dir: Path, out_dir: Path) -> dict:
+def main(params: Params, args: argparse.Namespace) -> None:
+    run(params.export, params.data.test_split, args.data, args.model, args.out)
+
+
+def run(export: ExportParams, test_split: str, ingested: Path, student_dir: Path, out_dir: Path) -> dict:
+    """Exports the student and checks it on images of ``test_split`` (of any split if it has none)."""
     backbone, info = load_embedding_model(student_dir / MODEL_FILE)
     metadata = OnnxMetadata.from_info(info)
     path = export_onnx(backbone, metadata, out_dir / ONNX_FILE, export.opset)
 
-    dataset = ManifestDataset(ingested, splits=[data.test_split], transform=eval_transform(info.image_size, info.normalization))
+    dataset = ManifestDataset(ingested, splits=[test_split], transform=eval_transform(info.image_size, info.normalization))
     if len(dataset) == 0:
         dataset = ManifestDataset(ingested, transform=dataset.transform)
     count = min(export.num_check_images, len(dataset))

@@ -16,6 +16,7 @@ Labels and splits come from the path: a first folder named like a split
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -33,7 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
-from tasks.params import IngestParams
+from tasks.errors import UserError
+from tasks.params import IngestParams, Params
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ REPORT_NAME = "ingest_report.json"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-class IngestError(RuntimeError):
+class IngestError(UserError):
     """The source cannot be ingested at all (missing, empty, unreadable)."""
 
 
@@ -65,6 +67,10 @@ class IngestReport:
     quarantined: list[dict[str, str]] = field(default_factory=list)
     refused: list[dict[str, str]] = field(default_factory=list)
     manifest_sha256: str = ""
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    run(params.ingest, args.out)
 
 
 def run(params: IngestParams, out_dir: Path) -> IngestReport:

@@ -1,12 +1,15 @@
 """Where each stage reads and writes, relative to the project folder.
 
-dvc.yaml passes the same paths on each stage's command line (a test checks the
-two agree); ``sslpipe run`` uses these defaults directly.
+dvc.yaml passes the same paths on each stage's command line
+(``tests/tasks/test_dvc_yaml.py`` checks that the two agree); ``sslpipe run``
+uses these defaults directly.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ssl_core.manifest import MANIFEST_NAME
 
 PARAMS = Path("params.yaml")
 INGESTED = Path("data/ingested")
@@ -17,6 +20,10 @@ STUDENT_CHECKPOINTS = Path("checkpoints/student")
 EVALUATION = Path("reports/evaluate")
 ONNX_DIR = Path("models/onnx")
 REGISTRATION = Path("reports/registration.json")
+SERVING_CACHE = Path("models/serving")
 
+MANIFEST_FILE = MANIFEST_NAME
 MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
+TEACHER_SPEC = "teacher.json"
+METRICS_FILE = "metrics.json"

@@ -4,10 +4,15 @@ Writes ``<out>/model.pt`` (the embedding model), ``history.json`` (per-epoch los
 embedding spread, collapse flag), ``training.png`` and ``config.json`` (the
 resolved configuration). Epoch checkpoints go to a separate folder that survives
 an interrupted run, so ``resume: true`` continues where it stopped.
+
+The method, its views and its learning rate come from
+:mod:`ssl_core.methods.factory` and the method class: nothing here depends on
+which method trains.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -15,27 +20,64 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from tqdm import tqdm
 
-from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
-from ssl_core.backbones import build_backbone
+from ssl_core.augment import Normalization, ViewConfig
+from ssl_core.backbones import available_backbones, build_backbone
 from ssl_core.data import ManifestDataset
 from ssl_core.engine import StepInfo, TrainConfig, TrainHistory, train
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
-from ssl_core.methods import SELF_SUPERVISED, Distillation, DistillationConfig, SSLMethod, auto_queue_size
+from ssl_core.methods.base import SSLMethod
+from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
-from ssl_core.multicrop import multicrop_transform
 from ssl_core.precision import seed_everything
-from ssl_core.teachers import Teacher
-from tasks.layout import MODEL_FILE
-from tasks.params import DataParams, TrainingParams
-from tasks.plots import plot_training_history
+from ssl_core.teachers import Teacher, load_dinov2_teacher, load_teacher_file
+from tasks.errors import UserError
+from tasks.layout import MODEL_FILE, TEACHER_SPEC
+from tasks.params import DataParams, Params, ParamsError, TrainingParams
 
 logger = logging.getLogger(__name__)
 
 
-class PretrainError(ValueError):
+class PretrainError(UserError):
     """Pretraining cannot start with this data or teacher; the message says what to do."""
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    run(params.pretrain, params.data, args.data, args.out, args.checkpoints, load_teacher(args.teacher))
+
+
+def load_teacher(teacher_dir: Path) -> Teacher | None:
+    """The teacher prepared by the teacher stage (``tasks.teacher``), or None when the method needs none.
+
+    Raises:
+        PretrainError: if a DINOv2 teacher cannot be fetched (no internet).
+    """
+    spec = json.loads((teacher_dir / TEACHER_SPEC).read_text())
+    if spec["kind"] == "none":
+        return None
+    if spec["kind"] == "dinov2":
+        try:
+            return load_dinov2_teacher(spec["name"], spec["image_size"])
+        except RuntimeError as error:  # no internet: the message says what to use instead
+            raise PretrainError(str(error)) from None
+    return load_teacher_file(teacher_dir / MODEL_FILE)
+
+
+def check_training(training: TrainingParams, section: str) -> None:
+    """The checks of a training section that need torchvision (params.yaml loads without it).
+
+    Raises:
+        ParamsError: for a backbone torchvision does not have, naming the key.
+    """
+    if training.backbone not in available_backbones():
+        raise ParamsError(
+            f"{section}.backbone = {training.backbone!r}: not a torchvision classification model; use its "
+            f"torchvision name (e.g. 'resnet50', 'convnext_tiny', 'vit_b_16') or a ResNet with '_cifar' "
+            f"(e.g. 'resnet18_cifar')"
+        )
 
 
 @dataclass(frozen=True)
@@ -48,21 +90,13 @@ def normalization(data: DataParams) -> Normalization:
     return Normalization(mean=tuple(data.mean), std=tuple(data.std))
 
 
-def build_method(training: TrainingParams, num_images: int, teacher: Teacher | None,
-                 image_size: int | None = None) -> SSLMethod:
-    """The SSL method named by ``training.method`` around a fresh backbone for ``image_size`` px images."""
-    backbone = build_backbone(training.backbone, image_size)
-    if training.method in SELF_SUPERVISED:
-        method_class, _ = SELF_SUPERVISED[training.method]
-        return method_class(backbone.module, backbone.feature_dim, getattr(training, training.method))
-    if training.method == "distillation":
-        if teacher is None:
-            raise PretrainError("pretrain.method 'distillation' needs a teacher: run the teacher stage first.")
-        d = training.distillation
-        queue_size = auto_queue_size(num_images) if d.queue_size == "auto" else d.queue_size
-        config = DistillationConfig(d.temperature, queue_size, d.mixup, d.gradient_clip_norm)
-        return Distillation(backbone.module, backbone.feature_dim, teacher.module, teacher.embedding_dim, queue_size, config)
-    raise ValueError(f"Unknown method {training.method!r}")
+def view_config(trained: type[SSLMethod], training: TrainingParams, data: DataParams) -> ViewConfig:
+    """The random-view settings of ``training.augment``, with the method's own crops where it says ``auto``."""
+    augment = training.augment
+    settings = augment.model_dump(exclude={"crop_min_scale"})
+    if augment.crop_min_scale != "auto":
+        settings["crop_scale"] = (augment.crop_min_scale, 1.0)
+    return trained.view_config(data.image_size, **settings)
 
 
 def run(
@@ -72,18 +106,21 @@ def run(
     out_dir: Path,
     checkpoint_dir: Path,
     teacher: Teacher | None = None,
+    section: str = "pretrain",
 ) -> PretrainResult:
-    """Pretrains ``training.backbone`` with ``training.method`` on the train split."""
-    augment = training.augment
-    view = ViewConfig(
-        image_size=data.image_size,
-        crop_scale=(augment.crop_min_scale, 1.0),
-        jitter_strength=augment.jitter_strength,
-        jitter_prob=augment.jitter_prob,
-        grayscale_prob=augment.grayscale_prob,
-        flip_prob=augment.flip_prob,
-        blur_prob=augment.blur_prob,
-    )
+    """Pretrains ``training.backbone`` with ``training.method`` on the train split.
+
+    Args:
+        training: the run's settings; ``section`` names them in error messages.
+
+    Raises:
+        ParamsError: for an unknown backbone.
+        PretrainError: without training images, or without the teacher a method needs.
+    """
+    check_training(training, section)
+    trained = method_class(training.method)
+    if trained.needs_teacher and teacher is None:
+        raise PretrainError(f"{section}.method {training.method!r} needs a teacher: run the teacher stage first.")
     seed_everything(training.seed)  # the backbone's initial weights
     dataset = ManifestDataset(ingested, splits=[data.train_split])
     if len(dataset) == 0:
@@ -91,15 +128,14 @@ def run(
             f"No images in split {data.train_split!r} of {ingested}: set data.train_split to one of the "
             f"ingested splits (see {ingested / 'ingest_report.json'})."
         )
-    method = build_method(training, len(dataset), teacher, data.image_size)
-    if training.method == "dino":
-        dataset.transform = multicrop_transform(training.multicrop, normalization(data))
-    else:
-        dataset.transform = MultiView([view_transform(view, normalization(data))] * method.num_views)
+    backbone = build_backbone(training.backbone, data.image_size)
+    method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
+    dataset.transform = method.train_transform(view_config(trained, training, data), normalization(data))
+    lr = trained.peak_lr(training.base_lr, training.batch_size, None if training.scale_lr == "auto" else training.scale_lr)
     config = TrainConfig(
         epochs=training.epochs,
         batch_size=training.batch_size,
-        lr=training.lr,
+        lr=lr,
         momentum=training.momentum,
         weight_decay=training.weight_decay,
         warmup_epochs=training.warmup_epochs,
@@ -109,7 +145,7 @@ def run(
         num_workers=training.num_workers,
     )
     resolved = {"training": training.model_dump(mode="json"), "data": data.model_dump(mode="json"),
-                "lr": training.lr, "teacher": teacher.description if teacher else None}
+                "lr": lr, "teacher": teacher.description if teacher else None}
     fingerprint = _fingerprint(resolved, ingested)
 
     steps_total = config.epochs * max(1, len(dataset) // min(config.batch_size, len(dataset)))
@@ -144,3 +180,21 @@ def run(
 def _fingerprint(resolved: dict, ingested: Path) -> str:
     blob = json.dumps(resolved, sort_keys=True).encode() + sha256_file(ingested / MANIFEST_NAME).encode()
     return hashlib.sha256(blob + torch.__version__.encode()).hexdigest()
+
+
+def plot_training_history(history: TrainHistory, path: Path, title: str) -> Path:
+    """Loss and embedding spread per epoch, side by side."""
+    epochs = [e.epoch for e in history.epochs]
+    fig = Figure(figsize=(9, 3.5))  # no pyplot: no global state, no display needed
+    ax_loss, ax_std = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [e.loss for e in history.epochs], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax_std.plot(epochs, [e.embedding_std for e in history.epochs], marker="o", color="tab:green")
+    ax_std.set(xlabel="epoch", ylabel="per-dim std of normalized features", title="embedding spread (collapse -> 0)")
+    ax_std.set_ylim(bottom=0)
+    for ax in (ax_loss, ax_std):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path

@@ -24,11 +24,16 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 
 from ssl_core.onnx_embedder import OnnxEmbedder
+from tasks.errors import UserError
 from tasks.params import ServeParams
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+
+
+class ServeError(UserError):
+    """The model to serve cannot be found; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +47,12 @@ class ServedModel:
 def resolve_model(source: str, cache_dir: Path) -> ServedModel:
     """An ONNX file as is, or a ``models:/`` URI downloaded from the MLflow registry."""
     if source.startswith("models:/"):
-        from tasks.registry import download_onnx
+        from tasks.model_uris import download_onnx
 
         return ServedModel(download_onnx(source, cache_dir), source)
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"No ONNX model at {source}: export one (`sslpipe export`) or pass models:/<name>@<alias>.")
+        raise ServeError(f"No ONNX model at {source}: export one (`sslpipe export`) or pass models:/<name>@<alias>.")
     return ServedModel(path, source)
 
 

@@ -7,56 +7,64 @@ By ``teacher.source``:
     that MLflow model version by the register stage.
   * ``dinov2:<model>``: record the choice; the weights come from torch.hub when
     the pretrain stage runs (internet needed).
-When ``pretrain.method`` needs no teacher, the stage records that and does nothing.
+When the student's method (``pretrain.method``) needs no teacher, the stage records
+that and does nothing.
 
-Output: ``<out>/teacher.json`` describing the teacher, plus ``model.pt`` for the
-first three sources.
+Output: ``<out>/teacher.json`` describing the teacher (``kind``: ``none``, ``file`` or
+``dinov2``), plus ``model.pt`` for the first three sources;
+:func:`tasks.pretrain.load_teacher` reads it back.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
 from pathlib import Path
 
-from ssl_core.methods import TEACHER_METHODS
+from ssl_core.methods.factory import method_class
 from ssl_core.model_file import load_embedding_model
-from ssl_core.teachers import Teacher, load_dinov2_teacher, load_teacher_file
 from tasks import pretrain
-from tasks.layout import MODEL_FILE
-from tasks.params import Params
+from tasks.errors import UserError
+from tasks.layout import MODEL_FILE, TEACHER_SPEC
+from tasks.model_uris import download_checkpoint
+from tasks.params import DataParams, Params, ParamsError, TeacherParams
 
 logger = logging.getLogger(__name__)
 
-SPEC_FILE = "teacher.json"
 MODELS_PREFIX = "models:/"
 DINOV2_PREFIX = "dinov2:"
 
 
-class TeacherError(RuntimeError):
+class TeacherError(UserError):
     """The teacher cannot be prepared or loaded; the message says what to do."""
 
 
-def run(params: Params, ingested: Path, out_dir: Path, checkpoint_dir: Path) -> dict:
-    """Prepares the teacher in ``out_dir`` and returns its spec."""
+def main(params: Params, args: argparse.Namespace) -> None:
+    run(params.teacher, params.pretrain.method, params.data, args.data, args.out, args.checkpoints)
+
+
+def run(teacher: TeacherParams, student_method: str, data: DataParams, ingested: Path, out_dir: Path,
+        checkpoint_dir: Path) -> dict:
+    """Prepares the teacher of a ``student_method`` student in ``out_dir`` and returns its spec."""
+    source = teacher.source
+    if source == "pretrain" and method_class(teacher.method).needs_teacher:
+        raise ParamsError(f"teacher.method = {teacher.method!r}: a teacher pretrained here cannot itself need a "
+                          f"teacher; use a method that learns alone, e.g. 'simclr'")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    source = params.teacher.source
-    if params.pretrain.method not in TEACHER_METHODS:
-        spec = {"kind": "none", "reason": f"pretrain.method {params.pretrain.method!r} needs no teacher"}
+    if not method_class(student_method).needs_teacher:
+        spec = {"kind": "none", "reason": f"pretrain.method {student_method!r} needs no teacher"}
     elif source == "pretrain":
-        pretrain.run(params.teacher, params.data, ingested, out_dir, checkpoint_dir)
-        spec = {"kind": "file", "source": "pretrain", "method": params.teacher.method, "backbone": params.teacher.backbone}
+        pretrain.run(teacher, data, ingested, out_dir, checkpoint_dir, section="teacher")
+        spec = {"kind": "file", "source": "pretrain", "method": teacher.method, "backbone": teacher.backbone}
     elif source.startswith(MODELS_PREFIX):
-        from tasks.registry import download_checkpoint  # mlflow is only needed for this source
-
         download_checkpoint(source, out_dir / MODEL_FILE)
         spec = {"kind": "file", "source": source}
     elif source.startswith(DINOV2_PREFIX):
-        spec = {"kind": "dinov2", "name": source.removeprefix(DINOV2_PREFIX),
-                "image_size": params.teacher.dinov2_image_size}
+        spec = {"kind": "dinov2", "name": source.removeprefix(DINOV2_PREFIX), "image_size": teacher.dinov2_image_size}
     else:
         path = Path(source)
         if not path.is_file():
@@ -70,26 +78,6 @@ def run(params: Params, ingested: Path, out_dir: Path, checkpoint_dir: Path) -> 
             raise TeacherError(f"teacher.source = {source!r}: {error}") from None
         shutil.copyfile(path, out_dir / MODEL_FILE)
         spec = {"kind": "file", "source": str(path)}
-    (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    (out_dir / TEACHER_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
     logger.info("Teacher: %s", spec)
     return spec
-
-
-def load(teacher_dir: Path) -> Teacher | None:
-    """The prepared teacher, or None when the method needs none.
-
-    Raises:
-        TeacherError: if the teacher stage has not run.
-    """
-    spec_path = teacher_dir / SPEC_FILE
-    if not spec_path.is_file():
-        raise TeacherError(f"No teacher in {teacher_dir}: run the teacher stage first (`sslpipe teacher`).")
-    spec = json.loads(spec_path.read_text())
-    if spec["kind"] == "none":
-        return None
-    if spec["kind"] == "dinov2":
-        try:
-            return load_dinov2_teacher(spec["name"], spec["image_size"])
-        except RuntimeError as error:  # no internet: the message says what to use instead
-            raise TeacherError(str(error)) from None
-    return load_teacher_file(teacher_dir / MODEL_FILE)

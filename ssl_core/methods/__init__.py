@@ -1,50 +1,49 @@
 """Self-supervised methods, selectable by name (``pretrain.method`` in params.yaml).
 
-Each method is an :class:`SSLMethod` built as ``Method(backbone, feature_dim, config)``
-from its frozen config dataclass; ``distillation`` also takes a frozen teacher.
+:data:`RECIPES` is the one list of methods: each name with its recipe, the
+dataclass of its hyper-parameters. Importing this package does not import torch,
+so that params.yaml validates in a fraction of a second; the networks live in the
+method modules (``ssl_core.methods.simclr.SimCLR``, ...) and
+:func:`ssl_core.methods.factory.build_method` builds any of them by name.
+
+Adding a method: its recipe in :mod:`~ssl_core.methods.recipes`, a line here, its
+:class:`~ssl_core.methods.base.SSLMethod` subclass in a module of its own, and that
+class in :data:`ssl_core.methods.factory.IMPLEMENTATIONS`. Everything else (the
+params schema, the pipeline, the benchmark, the tests) follows from these.
 """
 
-from ssl_core.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
-from ssl_core.methods.base import SSLMethod, StepOutput
-from ssl_core.methods.byol import BYOL, BYOLConfig
-from ssl_core.methods.dino import DINO, DINOConfig
-from ssl_core.methods.distillation import Distillation, DistillationConfig, auto_queue_size
-from ssl_core.methods.moco import MoCo, MoCoConfig
-from ssl_core.methods.simclr import SimCLR, SimCLRConfig
-from ssl_core.methods.simsiam import SimSiam, SimSiamConfig
+from ssl_core.methods.recipes import (
+    BarlowTwinsConfig,
+    BYOLConfig,
+    DINOConfig,
+    DistillationConfig,
+    MoCoConfig,
+    MultiCropConfig,
+    SimCLRConfig,
+    SimSiamConfig,
+)
 
-# Methods built from (backbone, feature_dim, config), with their config class.
-SELF_SUPERVISED: dict[str, tuple[type[SSLMethod], type]] = {
-    "simclr": (SimCLR, SimCLRConfig),
-    "moco": (MoCo, MoCoConfig),
-    "simsiam": (SimSiam, SimSiamConfig),
-    "barlowtwins": (BarlowTwins, BarlowTwinsConfig),
-    "byol": (BYOL, BYOLConfig),
-    "dino": (DINO, DINOConfig),
+# params.yaml name -> recipe, in the order methods are documented and benchmarked.
+RECIPES: dict[str, type] = {
+    "distillation": DistillationConfig,
+    "simclr": SimCLRConfig,
+    "moco": MoCoConfig,
+    "simsiam": SimSiamConfig,
+    "barlowtwins": BarlowTwinsConfig,
+    "byol": BYOLConfig,
+    "dino": DINOConfig,
 }
-# Methods that need a frozen teacher to train.
-TEACHER_METHODS = ("distillation",)
-METHOD_NAMES = ("distillation", *SELF_SUPERVISED)
+METHOD_NAMES = tuple(RECIPES)
 
 __all__ = [
-    "BYOL",
-    "DINO",
     "METHOD_NAMES",
-    "SELF_SUPERVISED",
-    "TEACHER_METHODS",
-    "BarlowTwins",
+    "RECIPES",
     "BarlowTwinsConfig",
     "BYOLConfig",
     "DINOConfig",
-    "Distillation",
     "DistillationConfig",
-    "MoCo",
     "MoCoConfig",
-    "SSLMethod",
-    "SimCLR",
+    "MultiCropConfig",
     "SimCLRConfig",
-    "SimSiam",
     "SimSiamConfig",
-    "StepOutput",
-    "auto_queue_size",
 ]

@@ -10,52 +10,13 @@ dimensions decorrelated, which rules out a collapse to a constant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ssl_core.config_checks import require_positive
 from ssl_core.heads import projection_mlp
 from ssl_core.losses.barlow_twins import BarlowTwinsLoss
 from ssl_core.methods.base import SSLMethod, StepOutput
-
-
-@dataclass(frozen=True)
-class BarlowTwinsConfig:
-    """Barlow Twins recipe; defaults are the lightly CIFAR-10 benchmark's for ResNet-18.
-
-    That benchmark trains with SGD at lr 0.06 * batch_size / 128 (momentum 0.9,
-    weight decay 5e-4, cosine decay), the same linear scaling as its SimCLR.
-
-    Short schedules need a far smaller SGD learning rate. The loss sums the d^2
-    entries of the cross-correlation, so its gradients are about 1000x those of
-    NT-Xent (measured at initialization: gradient norm 2627 vs 2.7). At lr 0.12
-    the first step multiplies the conv weight norms by 20-35; BatchNorm makes
-    the network blind to that scale, so every later step is effectively
-    ~1000x smaller, and only weight decay over a long schedule recovers. The
-    paper avoids this with LARS, which sizes each layer's step by its weight
-    norm. Measured on 2,000 CIFAR-10 images: with a small conv net, 3 epochs at
-    lr 1e-4 beat the random-init kNN by 2.8 points while every lr from 0.01 to
-    0.24 ended below it (``tests/ssl_core/test_methods_learn.py``); with the CIFAR
-    ResNet-18, 4 epochs at lr 3e-5 / 1e-4 / 1e-3 / 0.06 ended at +0.3 / -0.4 /
-    -5.0 / -8.2 points (``benchmarks/results/cpu-cifar10-4epoch*``).
-
-    Attributes:
-        lambda_: weight of the redundancy-reduction term; 5e-3 in the paper.
-        projection_hidden_dim: width of the projector's hidden layers.
-        projection_dim: size of the embeddings whose cross-correlation is taken.
-        projection_layers: linear layers of the projector; 2 for CIFAR-size training
-            as in the lightly benchmark, 3 (of width 8192) in the paper's ImageNet recipe.
-    """
-
-    lambda_: float = 5e-3
-    projection_hidden_dim: int = 2048
-    projection_dim: int = 2048
-    projection_layers: int = 2
-
-    def __post_init__(self) -> None:
-        require_positive(self, "lambda_", "projection_hidden_dim", "projection_dim", "projection_layers")
+from ssl_core.methods.recipes import BarlowTwinsConfig
 
 
 class BarlowTwins(SSLMethod):
@@ -72,6 +33,7 @@ class BarlowTwins(SSLMethod):
         config: loss weight and projector sizes; see :class:`BarlowTwinsConfig`.
     """
 
+    recipe = BarlowTwinsConfig
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: BarlowTwinsConfig = BarlowTwinsConfig()) -> None:

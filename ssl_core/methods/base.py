@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import torch
 from torch import nn
+
+from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
+
+if TYPE_CHECKING:
+    from ssl_core.backbones import Backbone
+    from ssl_core.teachers import Teacher
+
+# The batch size at which base_lr is the peak lr, as in the lightly benchmarks' lr x batch/128.
+LR_REFERENCE_BATCH_SIZE = 128
 
 
 @dataclass
@@ -30,6 +39,16 @@ class SSLMethod(nn.Module):
     :meth:`trainable_parameters`, checkpoints :meth:`checkpoint_state` and keeps
     ``backbone`` as the product: the embedding model that is evaluated and exported.
 
+    What a method needs is said here, by the method, so that the pipeline, the
+    benchmark and the tests never ask which method they hold:
+
+    Class attributes:
+        recipe: the method's recipe dataclass (:mod:`ssl_core.methods.recipes`).
+        needs_teacher: trains against a frozen teacher, passed to :meth:`build`.
+        scales_lr_with_batch: whether the peak lr grows linearly with the batch size
+            (:meth:`peak_lr`).
+        crop_scale: (min, max) area fraction of its random resized crops.
+
     Attributes:
         backbone: maps (B, 3, H, W) images to (B, feature_dim) features.
         feature_dim: size of the backbone's features (the embedding size).
@@ -39,6 +58,10 @@ class SSLMethod(nn.Module):
         gradient_clip_norm: max global gradient norm, or None for no clipping.
     """
 
+    recipe: ClassVar[type]
+    needs_teacher: ClassVar[bool] = False
+    scales_lr_with_batch: ClassVar[bool] = True
+    crop_scale: ClassVar[tuple[float, float]] = (0.08, 1.0)  # SimCLR's
     num_views: int = 2
     frozen_prefixes: tuple[str, ...] = ()
     gradient_clip_norm: float | None = None
@@ -47,6 +70,52 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
+
+    @classmethod
+    def build(cls, backbone: Backbone, recipe: Any = None, teacher: Teacher | None = None,
+              num_images: int = 0) -> SSLMethod:
+        """The method around ``backbone`` with ``recipe`` (default: the recipe's defaults).
+
+        Args:
+            backbone: the network to train.
+            recipe: an instance of :attr:`recipe`, or None for its defaults.
+            teacher: the frozen teacher; required exactly when :attr:`needs_teacher`.
+            num_images: size of the training set, for recipes that scale with it.
+
+        Raises:
+            ValueError: for a recipe of another method, or a teacher given to a method that takes none.
+        """
+        recipe = cls.checked_recipe(recipe)
+        if teacher is not None:
+            raise ValueError(f"{cls.__name__} trains without a teacher; got {teacher.description}")
+        return cls(backbone.module, backbone.feature_dim, recipe)
+
+    @classmethod
+    def checked_recipe(cls, recipe: Any) -> Any:
+        """``recipe``, or the defaults when None; refuses another method's recipe."""
+        if recipe is None:
+            return cls.recipe()
+        if not isinstance(recipe, cls.recipe):
+            raise ValueError(f"{cls.__name__} takes a {cls.recipe.__name__}, got {type(recipe).__name__}")
+        return recipe
+
+    @classmethod
+    def peak_lr(cls, base_lr: float, batch_size: int, scale: bool | None = None) -> float:
+        """``base_lr * batch_size / 128`` (linear scaling, Goyal et al. 2017,
+        https://arxiv.org/abs/1706.02677) if ``scale``, else ``base_lr``; ``scale``
+        None follows :attr:`scales_lr_with_batch`."""
+        scale = cls.scales_lr_with_batch if scale is None else scale
+        return base_lr * batch_size / LR_REFERENCE_BATCH_SIZE if scale else base_lr
+
+    @classmethod
+    def view_config(cls, image_size: int, **settings: Any) -> ViewConfig:
+        """Random-view settings for ``image_size`` px images with this method's crops,
+        unless ``settings`` (any :class:`ViewConfig` field) say otherwise."""
+        return ViewConfig(image_size=image_size, **{"crop_scale": cls.crop_scale, **settings})
+
+    def train_transform(self, view: ViewConfig, normalization: Normalization) -> MultiView:
+        """The views :meth:`training_step` trains on: ``num_views`` random views of each image."""
+        return MultiView([view_transform(view, normalization)] * self.num_views)
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         """Loss of one batch; ``views`` holds num_views tensors of shape (B, 3, H, W)."""

@@ -11,39 +11,14 @@ negatives: the predictor and the stop-gradient on the target keep it from collap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ssl_core.heads import projection_mlp
-from ssl_core.config_checks import require_positive, require_unit_interval
 from ssl_core.losses.byol import NormalizedMSELoss
 from ssl_core.methods.base import SSLMethod, StepOutput
+from ssl_core.methods.recipes import BYOLConfig
 from ssl_core.momentum import cosine_momentum, ema_update, frozen_copy
-
-
-@dataclass(frozen=True)
-class BYOLConfig:
-    """BYOL recipe; head sizes are the paper's and lightly's ``BYOL*Head`` defaults.
-
-    Attributes:
-        base_momentum: EMA momentum at step 0; it rises to 1.0 over the run (0.996 in
-            the paper for ImageNet's long runs; 0.99, the lightly CIFAR-10 benchmark's
-            constant momentum, lets the target move faster in short runs).
-        projection_hidden_dim: hidden width of the projection MLP (4096 in the paper).
-        projection_dim: size of projections and predictions (256 in the paper).
-        prediction_hidden_dim: hidden width of the prediction MLP (4096 in the paper).
-    """
-
-    base_momentum: float = 0.99
-    projection_hidden_dim: int = 4096
-    projection_dim: int = 256
-    prediction_hidden_dim: int = 4096
-
-    def __post_init__(self) -> None:
-        require_unit_interval(self, "base_momentum")
-        require_positive(self, "projection_hidden_dim", "projection_dim", "prediction_hidden_dim")
 
 
 class BYOL(SSLMethod):
@@ -55,17 +30,13 @@ class BYOL(SSLMethod):
         backbone: (B, 3, H, W) -> (B, feature_dim); its copy becomes the target backbone.
         feature_dim: the backbone's feature size.
         config: the recipe.
-
-    Raises:
-        ValueError: for a base_momentum outside [0, 1].
     """
 
+    recipe = BYOLConfig
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: BYOLConfig = BYOLConfig()) -> None:
         super().__init__(backbone, feature_dim)
-        if not 0.0 <= config.base_momentum <= 1.0:
-            raise ValueError(f"base_momentum must be in [0, 1], got {config.base_momentum}")
         self.projection_head = projection_mlp(feature_dim, config.projection_hidden_dim, config.projection_dim)
         self.prediction_head = projection_mlp(
             config.projection_dim, config.prediction_hidden_dim, config.projection_dim

@@ -23,65 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from ssl_core.augment import MultiView, Normalization, ViewConfig
 from ssl_core.losses.dino import DINOLoss, next_center, softmax_center_teacher
 from ssl_core.methods.base import SSLMethod, StepOutput
+from ssl_core.methods.recipes import DINOConfig
 from ssl_core.momentum import cosine_momentum, ema_update, frozen_copy
-
-
-@dataclass(frozen=True)
-class DINOConfig:
-    """DINO recipe: the paper's, with the head output scaled down for CIFAR-10.
-
-    Schedules are fractions of the run, since methods see steps, not epochs.
-
-    Attributes:
-        num_local_crops: local crops per image; must match the multi-crop transform.
-        hidden_dim: width of the head's 3-layer MLP.
-        bottleneck_dim: output of the MLP, L2-normalized before the last layer.
-        output_dim: K, the number of soft pseudo-classes.
-        student_temperature: tau_s.
-        warmup_teacher_temperature: tau_t at step 0.
-        teacher_temperature: tau_t after the linear warm-up.
-        warmup_fraction: share of the steps over which tau_t rises.
-        center_momentum: m of the center's moving average.
-        base_momentum: teacher EMA momentum at step 0; it rises to 1 on a cosine
-            (the name BYOL's config uses).
-        freeze_last_layer_fraction: share of the first steps during which the head's
-            last layer gets no update.
-        gradient_clip_norm: max global gradient norm, None for no clipping.
-
-    Raises:
-        ValueError: on non-positive dims or temperatures, or a momentum or fraction
-            outside [0, 1].
-    """
-
-    num_local_crops: int = 6  # ssl_core.multicrop's default: 2 x 32 px + 6 x 16 px
-    hidden_dim: int = 2048  # the paper's
-    bottleneck_dim: int = 256  # the paper's
-    output_dim: int = 2048  # lightly's CIFAR-10 benchmark; 65536 for ImageNet in the paper
-    student_temperature: float = 0.1  # the paper's
-    warmup_teacher_temperature: float = 0.04  # the paper's start value
-    teacher_temperature: float = 0.07  # the paper's value after warm-up
-    warmup_fraction: float = 0.15  # the paper's 30 epochs, as a share of a 200-epoch run
-    center_momentum: float = 0.9  # the paper's
-    base_momentum: float = 0.996  # the paper's, cosine to 1
-    freeze_last_layer_fraction: float = 0.005  # the reference code's 1 epoch, of 200
-    gradient_clip_norm: float | None = 3.0  # the reference code's clip_grad
-
-    def __post_init__(self) -> None:
-        for name in ("hidden_dim", "bottleneck_dim", "output_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_local_crops < 0:
-            raise ValueError(f"num_local_crops must be >= 0, got {self.num_local_crops}")
-        for name in ("student_temperature", "warmup_teacher_temperature", "teacher_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_fraction", "center_momentum", "base_momentum", "freeze_last_layer_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.gradient_clip_norm is not None and self.gradient_clip_norm <= 0:
-            raise ValueError(f"gradient_clip_norm must be > 0 or None, got {self.gradient_clip_norm}")
+from ssl_core.multicrop import multicrop_transform
 
 
 def teacher_temperature_at(step: int, total_steps: int, warmup: float, final: float, warmup_fraction: float) -> float:
@@ -151,9 +98,9 @@ def features_by_resolution(backbone: nn.Module, views: list[torch.Tensor]) -> to
 class DINO(SSLMethod):
     """Student backbone + DINO head, distilled from their EMA teacher.
 
-    ``views`` are the output of :func:`ssl_core.multicrop.multicrop_transform`: two
-    global crops, then ``config.num_local_crops`` local crops. The teacher and the
-    center are state of the run and are checkpointed (no ``frozen_prefixes``).
+    ``views`` are the output of :meth:`train_transform`, DINO's multi-crop: two
+    global crops, then ``config.multicrop.num_local_crops`` local crops. The teacher
+    and the center are state of the run and are checkpointed (no ``frozen_prefixes``).
 
     Args:
         backbone: the student, (B, 3, H, W) -> (B, feature_dim), for any H, W it gets.
@@ -161,10 +108,12 @@ class DINO(SSLMethod):
         config: the recipe.
     """
 
+    recipe = DINOConfig
+
     def __init__(self, backbone: nn.Module, feature_dim: int, config: DINOConfig = DINOConfig()) -> None:
         super().__init__(backbone, feature_dim)
         self.config = config
-        self.num_views = 2 + config.num_local_crops
+        self.num_views = config.multicrop.num_views
         self.gradient_clip_norm = config.gradient_clip_norm
         self.head = DINOProjectionHead(feature_dim, config.hidden_dim, config.bottleneck_dim, config.output_dim)
         # The teacher starts as the student (Algorithm 1: gt.params = gs.params).
@@ -175,6 +124,14 @@ class DINO(SSLMethod):
         # Set per step by before_step.
         self.teacher_temperature = config.warmup_teacher_temperature
         self.momentum = config.base_momentum
+
+    def train_transform(self, view: ViewConfig, normalization: Normalization) -> MultiView:
+        """Multi-crop views (``config.multicrop``) with global crops of ``view.image_size``.
+
+        Only the image size is taken from ``view``: DINO's crops, jitter, blur and
+        solarization are its own recipe's.
+        """
+        return multicrop_transform(self.config.multicrop, view.image_size, normalization)
 
     def before_step(self, step: int, total_steps: int) -> None:
         c = self.config
@@ -209,8 +166,8 @@ class DINO(SSLMethod):
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         if len(views) != self.num_views:
             raise ValueError(
-                f"DINO expects {self.num_views} views (2 global + {self.config.num_local_crops} local), "
-                f"got {len(views)}; match DINOConfig.num_local_crops to the multi-crop transform"
+                f"DINO expects {self.num_views} views (2 global + {self.config.multicrop.num_local_crops} local), "
+                f"got {len(views)}; build them with DINO.train_transform"
             )
         batch_size = views[0].shape[0]
         teacher_logits = self.forward_teacher(views[:2])  # (2B, K)

@@ -14,7 +14,8 @@ distillation docs, https://docs.lightly.ai/train/stable/methods/distillation.htm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,38 +23,11 @@ from torch import nn
 
 from ssl_core.losses import QueueDistillationLoss
 from ssl_core.methods.base import SSLMethod, StepOutput
+from ssl_core.methods.recipes import DistillationConfig
 
-MAX_QUEUE_SIZE = 8192
-
-# (dataset size below which, queue size): about a quarter to a half of the dataset,
-# so that pseudo-classes are mostly other images, capped at 8192 as in LightlyTrain.
-_QUEUE_BUCKETS = [(50, 16), (100, 32), (250, 64), (500, 128), (1_000, 256), (2_000, 512),
-                  (4_000, 1024), (10_000, 2048), (20_000, 4096)]
-
-
-def auto_queue_size(dataset_size: int) -> int:
-    """Queue size scaled with the dataset size, at most 8192."""
-    for limit, size in _QUEUE_BUCKETS:
-        if dataset_size < limit:
-            return size
-    return MAX_QUEUE_SIZE
-
-
-@dataclass(frozen=True)
-class DistillationConfig:
-    """Distillation v1 recipe.
-
-    Attributes:
-        temperature: softmax temperature of the pseudo-class logits.
-        queue_size: number of queued teacher embeddings; None = auto_queue_size.
-        mixup: mix each batch with a shuffled copy of itself.
-        gradient_clip_norm: max gradient norm.
-    """
-
-    temperature: float = 0.07
-    queue_size: int | None = None
-    mixup: bool = True
-    gradient_clip_norm: float = 1.0
+if TYPE_CHECKING:
+    from ssl_core.backbones import Backbone
+    from ssl_core.teachers import Teacher
 
 
 class Distillation(SSLMethod):
@@ -65,10 +39,18 @@ class Distillation(SSLMethod):
         teacher: frozen module (B, 3, H, W) -> (B, teacher_dim); put in eval mode
             and excluded from gradients and checkpoints here.
         teacher_dim: the teacher's embedding size.
-        queue_size: resolved queue size (see :func:`auto_queue_size`).
+        config: the recipe, with ``queue_size`` resolved to a number
+            (:meth:`~ssl_core.methods.recipes.DistillationConfig.resolved_queue_size`).
+
+    Raises:
+        ValueError: if ``config.queue_size`` is still ``"auto"``.
     """
 
+    recipe = DistillationConfig
+    needs_teacher = True
     num_views = 1
+    # LightlyTrain's distillation views: milder crops than SimCLR's (0.08, 1).
+    crop_scale = (0.14, 1.0)
     frozen_prefixes = ("teacher.",)
 
     def __init__(
@@ -77,12 +59,11 @@ class Distillation(SSLMethod):
         feature_dim: int,
         teacher: nn.Module,
         teacher_dim: int,
-        queue_size: int,
-        config: DistillationConfig = DistillationConfig(),
+        config: DistillationConfig,
     ) -> None:
         super().__init__(backbone, feature_dim)
-        if queue_size < 1 or queue_size > MAX_QUEUE_SIZE:
-            raise ValueError(f"queue_size must be in [1, {MAX_QUEUE_SIZE}], got {queue_size}")
+        if config.queue_size == "auto":
+            raise ValueError("queue_size = 'auto': resolve it for the dataset first (DistillationConfig.resolved_queue_size)")
         self.teacher = teacher.eval().requires_grad_(False)
         self.student_head = nn.Linear(feature_dim, teacher_dim)
         nn.init.trunc_normal_(self.student_head.weight, std=0.02)
@@ -91,7 +72,17 @@ class Distillation(SSLMethod):
         self.gradient_clip_norm = config.gradient_clip_norm
         # Zeros until filled: an empty slot gives every image the same logit, so it
         # adds a constant to both distributions and carries no signal.
-        self.register_buffer("queue", torch.zeros(queue_size, teacher_dim))
+        self.register_buffer("queue", torch.zeros(config.queue_size, teacher_dim))
+
+    @classmethod
+    def build(cls, backbone: Backbone, recipe: DistillationConfig | None = None, teacher: Teacher | None = None,
+              num_images: int = 0) -> Distillation:
+        """Distills ``teacher`` into ``backbone``; an ``"auto"`` queue is sized for ``num_images``."""
+        recipe = cls.checked_recipe(recipe)
+        if teacher is None:
+            raise ValueError("distillation needs a frozen teacher to learn from")
+        resolved = replace(recipe, queue_size=recipe.resolved_queue_size(num_images))
+        return cls(backbone.module, backbone.feature_dim, teacher.module, teacher.embedding_dim, resolved)
 
     def train(self, mode: bool = True) -> "Distillation":
         super().train(mode)

@@ -13,41 +13,14 @@ symmetric: each view serves once as query and once as key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_core.config_checks import require_positive, require_unit_interval
 from ssl_core.losses.info_nce import InfoNCELoss
 from ssl_core.methods.base import SSLMethod, StepOutput
+from ssl_core.methods.recipes import MoCoConfig
 from ssl_core.momentum import ema_update, frozen_copy
-
-
-@dataclass(frozen=True)
-class MoCoConfig:
-    """MoCo v2 recipe; defaults are the lightly CIFAR-10 benchmark's.
-
-    Attributes:
-        temperature: InfoNCE temperature (0.2 in MoCo v2 on ImageNet; 0.1 on CIFAR-10).
-        memory_bank_size: number of negative keys kept (65536 on ImageNet; 4096 keeps
-            the bank from going stale on the 50k images of CIFAR-10).
-        momentum: EMA momentum of the key encoder (0.999 on ImageNet; 0.99 suits the
-            far fewer steps per epoch of small datasets).
-        projection_hidden_dim: hidden width of the 2-layer head (the ResNet-18 width).
-        projection_dim: size of queries, keys and bank entries (128 in MoCo v2).
-    """
-
-    temperature: float = 0.1
-    memory_bank_size: int = 4096
-    momentum: float = 0.99
-    projection_hidden_dim: int = 512
-    projection_dim: int = 128
-
-    def __post_init__(self) -> None:
-        require_positive(self, "temperature", "memory_bank_size", "projection_hidden_dim", "projection_dim")
-        require_unit_interval(self, "momentum")
 
 
 def moco_v2_projection_head(input_dim: int, hidden_dim: int, output_dim: int) -> nn.Sequential:
@@ -74,19 +47,13 @@ class MoCo(SSLMethod):
         backbone: (B, 3, H, W) -> (B, feature_dim); its copy becomes the key backbone.
         feature_dim: the backbone's feature size.
         config: the recipe.
-
-    Raises:
-        ValueError: for a memory_bank_size below 1 or a momentum outside [0, 1].
     """
 
+    recipe = MoCoConfig
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoConfig = MoCoConfig()) -> None:
         super().__init__(backbone, feature_dim)
-        if config.memory_bank_size < 1:
-            raise ValueError(f"memory_bank_size must be >= 1, got {config.memory_bank_size}")
-        if not 0.0 <= config.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {config.momentum}")
         self.projection_head = moco_v2_projection_head(
             feature_dim, config.projection_hidden_dim, config.projection_dim
         )

@@ -6,32 +6,19 @@ Representations", ICML 2020, https://arxiv.org/abs/2002.05709.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ssl_core.config_checks import require_positive
 from ssl_core.heads import projection_mlp
 from ssl_core.losses import NTXentLoss
 from ssl_core.methods.base import SSLMethod, StepOutput
-
-
-@dataclass(frozen=True)
-class SimCLRConfig:
-    """SimCLR recipe; defaults are the lightly CIFAR-10 benchmark's."""
-
-    temperature: float = 0.5
-    projection_hidden_dim: int = 512
-    projection_dim: int = 128
-
-    def __post_init__(self) -> None:
-        require_positive(self, "temperature", "projection_hidden_dim", "projection_dim")
+from ssl_core.methods.recipes import SimCLRConfig
 
 
 class SimCLR(SSLMethod):
     """Backbone -> 2-layer projection MLP -> NT-Xent between the two views."""
 
+    recipe = SimCLRConfig
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SimCLRConfig = SimCLRConfig()) -> None:

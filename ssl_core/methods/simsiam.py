@@ -10,41 +10,13 @@ the stop-gradient on the target branch (paper sec. 4.1), written below as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ssl_core.config_checks import require_positive
 from ssl_core.heads import projection_mlp
 from ssl_core.losses.negative_cosine import NegativeCosineSimilarity
 from ssl_core.methods.base import SSLMethod, StepOutput
-
-
-@dataclass(frozen=True)
-class SimSiamConfig:
-    """SimSiam recipe; defaults are the lightly CIFAR-10 benchmark's for ResNet-18.
-
-    That benchmark trains with SGD at a *fixed* lr of 0.06 (momentum 0.9, weight
-    decay 5e-4, cosine decay): unlike its other methods, it does not scale the lr
-    with the batch size ("no lr-scaling, results in better training stability").
-    Callers should pass 0.06 as the peak lr, not base_lr * batch_size / 128.
-
-    Attributes:
-        projection_hidden_dim: width of the projection MLP's hidden layers.
-        projection_dim: d, the size of z and p.
-        projection_layers: linear layers of the projection MLP; 2 for CIFAR-size
-            training as in the lightly benchmark, 3 in the paper's ImageNet recipe.
-        prediction_hidden_dim: the predictor's bottleneck, d / 4 in the paper.
-    """
-
-    projection_hidden_dim: int = 2048
-    projection_dim: int = 2048
-    projection_layers: int = 2
-    prediction_hidden_dim: int = 512
-
-    def __post_init__(self) -> None:
-        require_positive(self, "projection_hidden_dim", "projection_dim", "projection_layers", "prediction_hidden_dim")
+from ssl_core.methods.recipes import SimSiamConfig
 
 
 def projection_mlp_with_output_bn(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> nn.Sequential:
@@ -72,6 +44,9 @@ class SimSiam(SSLMethod):
         config: head sizes; see :class:`SimSiamConfig`.
     """
 
+    recipe = SimSiamConfig
+    # The lightly benchmark's fixed lr: "no lr-scaling, results in better training stability".
+    scales_lr_with_batch = False
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SimSiamConfig = SimSiamConfig()) -> None:

@@ -88,11 +88,12 @@ def test_a_non_resnet_backbone_pretrains_through_the_engine(cifar_folder, tmp_pa
     from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
     from ssl_core.data import ManifestDataset
     from ssl_core.engine import TrainConfig, train
-    from ssl_core.methods import SimCLR, SimCLRConfig
+    from ssl_core.methods import SimCLRConfig
+    from ssl_core.methods.factory import build_method
 
     torch.manual_seed(0)
     backbone = build_backbone("mobilenet_v3_small")
-    method = SimCLR(backbone.module, backbone.feature_dim, SimCLRConfig(projection_hidden_dim=64, projection_dim=32))
+    method = build_method("simclr", backbone, SimCLRConfig(projection_hidden_dim=64, projection_dim=32))
     data = ManifestDataset(cifar_folder, ["train"], MultiView([view_transform(ViewConfig(32), Normalization())] * 2))
     before = [p.detach().clone() for p in backbone.module.parameters()]
     history = train(method, data, TrainConfig(epochs=1, batch_size=16, lr=0.05, device="cpu"), tmp_path)

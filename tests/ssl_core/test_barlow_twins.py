@@ -168,6 +168,13 @@ def test_default_projector_follows_the_lightly_cifar10_benchmark():
     assert method.criterion.lambda_ == 5e-3
 
 
+@pytest.mark.parametrize(("field", "value"), [("lambda_", 0.0), ("projection_hidden_dim", 0), ("projection_dim", -1),
+                                           ("projection_layers", 0)])
+def test_recipe_rejects_non_positive_values(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} = {value}: must be > 0"):
+        BarlowTwinsConfig(**{field: value})
+
+
 def test_training_step_matches_lightly_projection_head_loss_and_gradients():
     """Our 3-layer step against lightly's BarlowTwinsProjectionHead + BarlowTwinsLoss on a copy of the network."""
     lightly_loss = pytest.importorskip("lightly.loss")

@@ -103,8 +103,15 @@ def test_loss_stays_fp32_under_bf16_autocast():
 
 @pytest.mark.parametrize("base_momentum", [-0.1, 1.01])
 def test_bad_momentum_raises(base_momentum):
-    with pytest.raises(ValueError, match="base_momentum"):
-        make_method(base_momentum=base_momentum)
+    # The recipe checks its values, so a bad one fails before any network is built.
+    with pytest.raises(ValueError, match=rf"^base_momentum = {base_momentum}: must be in \[0, 1\]"):
+        BYOLConfig(base_momentum=base_momentum)
+
+
+@pytest.mark.parametrize("field", ["projection_hidden_dim", "projection_dim", "prediction_hidden_dim"])
+def test_non_positive_head_size_raises(field):
+    with pytest.raises(ValueError, match=rf"^{field} = 0: must be > 0"):
+        BYOLConfig(**{field: 0})
 
 
 def test_heads_are_lightly_byol_heads():

@@ -9,17 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_core.augment import Normalization
+from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.data import ManifestDataset
 from ssl_core.engine import TrainConfig, train
 from ssl_core.losses.dino import DINOLoss, next_center, softmax_center_teacher
+from ssl_core.methods import MultiCropConfig
 from ssl_core.methods.dino import DINO, DINOConfig, features_by_resolution
-from ssl_core.multicrop import MultiCropConfig, multicrop_transform
+from ssl_core.multicrop import multicrop_transform
 from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM = 16
 NUM_LOCAL = 2
-TINY = dict(num_local_crops=NUM_LOCAL, hidden_dim=32, bottleneck_dim=8, output_dim=64)
+TINY = dict(multicrop=MultiCropConfig(num_local_crops=NUM_LOCAL), hidden_dim=32, bottleneck_dim=8, output_dim=64)
 
 
 def make_method(seed: int = 0, **config) -> DINO:
@@ -238,11 +239,11 @@ def test_features_grouped_by_resolution_match_per_view_forwards():
 
 
 def test_wrong_number_of_views_and_bad_config_raise():
-    with pytest.raises(ValueError, match="num_local_crops"):
+    with pytest.raises(ValueError, match=rf"expects {2 + NUM_LOCAL} views \(2 global \+ {NUM_LOCAL} local\), got {3 + NUM_LOCAL}"):
         make_method().training_step(random_views(num_local=NUM_LOCAL + 1))
-    with pytest.raises(ValueError, match="teacher_temperature"):
+    with pytest.raises(ValueError, match=r"^teacher_temperature = 0.0: must be > 0"):
         DINOConfig(teacher_temperature=0.0)
-    with pytest.raises(ValueError, match="base_momentum"):
+    with pytest.raises(ValueError, match=r"^base_momentum = 1.5: must be in \[0, 1\]"):
         DINOConfig(base_momentum=1.5)
 
 
@@ -270,28 +271,47 @@ def test_checkpoint_round_trip_keeps_teacher_and_center():
 # --- multi-crop and training ----------------------------------------------------------------
 
 def test_multicrop_on_a_real_image(cifar_image):
-    transform = multicrop_transform(MultiCropConfig(num_local_crops=4), Normalization())
+    transform = multicrop_transform(MultiCropConfig(num_local_crops=4), 32, Normalization())
     views = transform(cifar_image)
     assert len(views) == 6
     assert all(v.shape == (3, 32, 32) for v in views[:2])
-    assert all(v.shape == (3, 16, 16) for v in views[2:])
+    assert all(v.shape == (3, 16, 16) for v in views[2:])  # local_size None: half the global side
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
     assert not torch.equal(views[0], views[1])
 
 
+def test_multicrop_sizes_follow_the_global_size_unless_local_size_is_set(cifar_image):
+    views = multicrop_transform(MultiCropConfig(num_local_crops=1), 48, Normalization())(cifar_image)
+    assert [v.shape[-1] for v in views] == [48, 48, 24]
+    views = multicrop_transform(MultiCropConfig(num_local_crops=1, local_size=12), 48, Normalization())(cifar_image)
+    assert [v.shape[-1] for v in views] == [48, 48, 12]
+
+
+def test_train_transform_is_dinos_multicrop(cifar_image):
+    """DINO's views are its recipe's multi-crop; only the image size comes from the view settings."""
+    method = make_method()
+    view = ViewConfig(image_size=32, crop_scale=(0.9, 1.0), jitter_prob=0.0)
+    views = method.train_transform(view, Normalization())(cifar_image)
+    assert len(views) == method.num_views == 2 + NUM_LOCAL
+    assert [v.shape[-1] for v in views] == [32, 32] + [16] * NUM_LOCAL
+
+
 def test_multicrop_rejects_bad_config():
-    with pytest.raises(ValueError, match="local_crop_scale"):
+    with pytest.raises(ValueError, match=r"^local_crop_scale = \(0.5, 0.1\)"):
         MultiCropConfig(local_crop_scale=(0.5, 0.1))
-    with pytest.raises(ValueError, match="solarize_prob"):
+    with pytest.raises(ValueError, match=r"^solarize_prob = 1.5: must be in \[0, 1\]"):
         MultiCropConfig(solarize_prob=1.5)
-    with pytest.raises(ValueError, match="num_local_crops"):
+    with pytest.raises(ValueError, match=r"^num_local_crops = -1"):
         MultiCropConfig(num_local_crops=-1)
+    with pytest.raises(ValueError, match=r"^local_size = 0"):
+        MultiCropConfig(local_size=0)
 
 
 def test_a_few_engine_steps_on_real_images(cifar_folder: Path, tmp_path: Path):
     crops = MultiCropConfig(num_local_crops=NUM_LOCAL)
-    dataset = ManifestDataset(cifar_folder, splits=["train"], transform=multicrop_transform(crops, Normalization()))
     method = make_method()
+    transform = method.train_transform(method.view_config(32), Normalization())
+    dataset = ManifestDataset(cifar_folder, splits=["train"], transform=transform)
     assert method.num_views == crops.num_views
     losses = []
     config = TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=3, device="cpu", precision="fp32")

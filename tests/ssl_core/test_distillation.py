@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.losses import QueueDistillationLoss
-from ssl_core.methods import Distillation, DistillationConfig, auto_queue_size
-from ssl_core.methods.distillation import MAX_QUEUE_SIZE
+from ssl_core.methods.distillation import Distillation, DistillationConfig
+from ssl_core.methods.recipes import MAX_QUEUE_SIZE, auto_queue_size
 from tests.ssl_core.tiny import tiny_backbone
 
 FEATURE_DIM, TEACHER_DIM = 16, 8
@@ -40,8 +40,8 @@ def tiny_teacher() -> nn.Module:
 
 def make_method(queue_size: int = 32, seed: int = 0, **config) -> Distillation:
     torch.manual_seed(seed)
-    return Distillation(tiny_backbone(), FEATURE_DIM, tiny_teacher(), TEACHER_DIM, queue_size,
-                        DistillationConfig(**config))
+    return Distillation(tiny_backbone(), FEATURE_DIM, tiny_teacher(), TEACHER_DIM,
+                        DistillationConfig(queue_size=queue_size, **config))
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -97,8 +97,24 @@ def test_auto_queue_size_is_monotone_and_capped():
 
 @pytest.mark.parametrize("queue_size", [0, MAX_QUEUE_SIZE + 1])
 def test_queue_size_out_of_range_raises(queue_size):
-    with pytest.raises(ValueError, match="queue_size"):
-        make_method(queue_size=queue_size)
+    # The recipe checks the range, so a bad value fails before any method is built.
+    with pytest.raises(ValueError, match=f"queue_size = {queue_size}"):
+        DistillationConfig(queue_size=queue_size)
+
+
+@pytest.mark.parametrize("queue_size", [1, MAX_QUEUE_SIZE])
+def test_queue_size_bounds_are_accepted(queue_size):
+    assert make_method(queue_size=queue_size).queue.shape == (queue_size, TEACHER_DIM)
+
+
+def test_resolved_queue_size_scales_auto_and_keeps_a_number():
+    assert DistillationConfig().resolved_queue_size(5000) == auto_queue_size(5000) == 2048
+    assert DistillationConfig(queue_size=100).resolved_queue_size(5000) == 100
+
+
+def test_constructor_refuses_an_unresolved_auto_queue():
+    with pytest.raises(ValueError, match="queue_size = 'auto'"):
+        Distillation(tiny_backbone(), FEATURE_DIM, tiny_teacher(), TEACHER_DIM, DistillationConfig(queue_size="auto"))
 
 
 # --- the method -----------------------------------------------------------------------------

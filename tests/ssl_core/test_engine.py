@@ -13,7 +13,7 @@ from torch.utils.data import Subset
 from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
 from ssl_core.data import ManifestDataset
 from ssl_core.engine import CHECKPOINT_NAME, StepInfo, TrainConfig, train
-from ssl_core.methods import SimCLR, SimCLRConfig
+from ssl_core.methods.simclr import SimCLR, SimCLRConfig
 
 FEATURE_DIM = 16
 FINGERPRINT = "tiny-simclr-v1"

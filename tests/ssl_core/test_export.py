@@ -11,13 +11,9 @@ from PIL import Image
 
 from ssl_core.augment import Normalization, eval_transform
 from ssl_core.backbones import build_backbone
-from ssl_core.export import (
-    OnnxMetadata,
-    export_onnx,
-    max_abs_difference,
-    read_onnx_metadata,
-)
+from ssl_core.export import export_onnx, max_abs_difference
 from ssl_core.onnx_embedder import OnnxEmbedder, preprocess
+from ssl_core.onnx_format import OnnxMetadata, read_onnx_metadata
 
 pytest.importorskip("onnxruntime")
 

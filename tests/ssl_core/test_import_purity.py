@@ -12,10 +12,6 @@ import json
 import subprocess
 import sys
 
-SUBMODULES = [
-    "augment", "backbones", "data", "embed", "engine", "export", "heads", "knn", "losses",
-    "manifest", "methods", "model_file", "onnx_embedder", "precision", "schedules", "teachers",
-]
 FORBIDDEN = ["prefect", "mlflow", "dvc", "fastapi", "pydantic", "yaml", "tqdm", "matplotlib"]
 
 IMPORT_ALL = (
@@ -24,9 +20,9 @@ IMPORT_ALL = (
     f"    return sorted(m for m in {FORBIDDEN!r} if sys.modules.get(m) is not None)\n"
     "import numpy, PIL, torch, torchvision\n"
     "baseline = loaded()\n"
-    "import ssl_core\n"
-    f"for name in {SUBMODULES!r}:\n"
-    "    importlib.import_module('ssl_core.' + name)\n"
+    "import pkgutil, ssl_core\n"
+    "for module in pkgutil.walk_packages(ssl_core.__path__, 'ssl_core.'):\n"
+    "    importlib.import_module(module.name)\n"
     "print(json.dumps({'baseline': baseline, 'after': loaded()}))\n"
 )
 
@@ -49,3 +45,19 @@ def test_ssl_core_adds_no_pipeline_dependency_to_sys_modules():
 def test_ssl_core_imports_when_pipeline_dependencies_are_not_installed():
     modules = run_python(BLOCKER + IMPORT_ALL)
     assert modules["after"] == []
+
+
+# What must import without torch: the params schema and CLI (so `sslpipe --help` and a
+# params error answer at once), and the ONNX consumer side (a serving image can skip torch).
+TORCH_FREE = ["ssl_core.methods", "ssl_core.methods.recipes", "ssl_core.onnx_format", "ssl_core.onnx_embedder",
+              "ssl_core.manifest", "tasks.params", "tasks.stages", "tasks.cli"]
+
+
+def test_schema_cli_and_onnx_consumers_import_without_torch():
+    code = ("import importlib, json, sys\n"
+            "sys.modules.update(dict.fromkeys(['torch', 'torchvision', 'mlflow']))\n"
+            f"for name in {TORCH_FREE!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(json.dumps({'ok': True}))\n")
+    assert run_python(code) == {"ok": True}
+

@@ -119,10 +119,13 @@ def test_non_positive_temperature_raises(temperature):
 
 # --- construction ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("field", "value"), [("memory_bank_size", 0), ("momentum", 1.5), ("momentum", -0.1)])
-def test_bad_config_raises(field, value):
-    with pytest.raises(ValueError, match=field):
-        make_method(**{field: value})
+@pytest.mark.parametrize(("field", "value", "allowed"), [("memory_bank_size", 0, "must be > 0"),
+                                                     ("momentum", 1.5, r"must be in \[0, 1\]"),
+                                                     ("momentum", -0.1, r"must be in \[0, 1\]")])
+def test_bad_config_raises(field, value, allowed):
+    # The recipe checks its values, so a bad one fails before any network is built.
+    with pytest.raises(ValueError, match=rf"^{field} = {value}: {allowed}"):
+        MoCoConfig(**{field: value})
 
 
 def test_projection_head_is_lightly_moco_v2_head():

@@ -147,6 +147,13 @@ def test_training_step_matches_lightly_loss_and_gradients():
     assert_backbone_grads_match(method.backbone, backbone)
 
 
+@pytest.mark.parametrize("field", ["projection_hidden_dim", "projection_dim", "projection_layers",
+                                   "prediction_hidden_dim"])
+def test_recipe_rejects_non_positive_sizes(field):
+    with pytest.raises(ValueError, match=rf"^{field} = 0: must be > 0"):
+        SimSiamConfig(**{field: 0})
+
+
 # --- stop-gradient --------------------------------------------------------------------------
 
 def test_gradient_reaches_z_only_through_the_predictor():

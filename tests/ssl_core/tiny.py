@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
+from ssl_core.augment import Normalization
 from ssl_core.data import ManifestDataset
 from ssl_core.engine import TrainConfig, train
 
@@ -75,12 +75,13 @@ def assert_checkpoint_round_trips(method, fresh, warm_up_views, check_views) -> 
 
 
 def train_two_epochs_on_real_images(method, cifar_folder, checkpoint_dir):
-    """Two engine epochs on real CIFAR images (two SimCLR views): the first conv moves, nothing collapses.
+    """Two engine epochs on real CIFAR images (the method's own views, SimCLR-style for
+    Barlow Twins and SimSiam): the first conv moves, nothing collapses.
 
     Returns the training history for the method's own loss-range checks.
     """
-    view = view_transform(ViewConfig(32), Normalization())
-    dataset = ManifestDataset(cifar_folder, splits=["train"], transform=MultiView([view, view]))
+    transform = method.train_transform(method.view_config(32), Normalization())
+    dataset = ManifestDataset(cifar_folder, splits=["train"], transform=transform)
     config = TrainConfig(epochs=2, batch_size=16, lr=0.06, seed=3, device="cpu", precision="fp32")
     before = method.backbone[0].weight.detach().clone()
     history = train(method, dataset, config, checkpoint_dir)

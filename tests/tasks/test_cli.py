@@ -1,15 +1,21 @@
-"""The sslpipe CLI: every subcommand documents every option; overrides parse as YAML."""
+"""The sslpipe CLI: one subcommand per stage, every option documented, overrides parsed as YAML,
+and expected failures as one line with exit status 2."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
-from tasks.cli import build_parser, parse_overrides
+from tasks.cli import MissingInputError, build_parser, main, parse_overrides
+from tasks.errors import UserError
 from tasks.params import ParamsError
+from tasks.stages import STAGE_NAMES, STAGES
 
-COMMANDS = ("ingest", "teacher", "pretrain", "evaluate", "export", "register", "serve", "run", "summary")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = ("ingest", "teacher", "pretrain", "evaluate", "export", "register")
+COMMANDS = (*STAGE_NAMES, "serve", "run", "summary")
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -18,7 +24,14 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 
 
 def test_one_subcommand_per_stage_plus_run() -> None:
+    assert STAGE_NAMES == PIPELINE
     assert set(subparsers(build_parser())) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_stage_commands_take_their_paths(stage) -> None:
+    args = build_parser().parse_args([stage.name])
+    assert {o.name: getattr(args, o.name) for o in stage.options} == {o.name: o.default for o in stage.options}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -37,3 +50,26 @@ def test_overrides_are_parsed_as_yaml() -> None:
         "pretrain.epochs": 3, "pretrain.mixup": False, "a.b": "x"}
     with pytest.raises(ParamsError, match="KEY=VALUE"):
         parse_overrides(["pretrain.epochs"])
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert issubclass(MissingInputError, UserError) and issubclass(ParamsError, UserError)
+    code = main(["evaluate", "--params", str(REPO_ROOT / "params.yaml"), "--set", "evaluate.k=0"])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("sslpipe evaluate: error: ") and "evaluate.k = 0" in error
+    code = main(["evaluate", "--params", str(REPO_ROOT / "params.yaml"), "--data", str(tmp_path / "none")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error
+    assert f"{tmp_path / 'none' / 'manifest.csv'} not found: run `sslpipe ingest` first, or pass --data." in error
+
+
+@pytest.mark.parametrize("module", [*(s.module for s in STAGES), "tasks.serve", "tasks.model_uris"])
+def test_every_stage_error_is_a_user_error(module: str) -> None:
+    """The CLI prints UserErrors as one line; every error a stage defines must be one."""
+    import importlib
+
+    loaded = importlib.import_module(module)
+    errors = [obj for obj in vars(loaded).values()
+              if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == module]
+    assert errors or module == "tasks.register", f"{module} defines no error class"
+    assert all(issubclass(error, UserError) for error in errors), errors

@@ -13,10 +13,12 @@ from PIL import Image
 
 from ssl_core.augment import Normalization
 from ssl_core.backbones import build_backbone
-from ssl_core.export import OnnxMetadata, export_onnx
+from ssl_core.export import export_onnx
 from ssl_core.onnx_embedder import OnnxEmbedder
+from ssl_core.onnx_format import OnnxMetadata
+from tasks.errors import UserError
 from tasks.params import ServeParams
-from tasks.serve import ServedModel, create_app, resolve_model
+from tasks.serve import ServedModel, ServeError, create_app, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -92,5 +94,6 @@ def test_missing_files_field_is_422_not_500(client: TestClient) -> None:
 
 def test_binds_to_loopback_by_default_and_missing_model_is_clear(tmp_path: Path) -> None:
     assert ServeParams().host == "127.0.0.1"
-    with pytest.raises(FileNotFoundError, match="sslpipe export"):
+    with pytest.raises(ServeError, match="sslpipe export") as error:
         resolve_model(str(tmp_path / "missing.onnx"), tmp_path)
+    assert isinstance(error.value, UserError)  # the CLI prints it as one line

@@ -10,13 +10,21 @@ import torch
 
 from ssl_core.augment import Normalization
 from ssl_core.backbones import build_backbone
+from ssl_core.methods import METHOD_NAMES
+from ssl_core.methods.factory import method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
-from tasks import teacher
-from tasks.params import Params, parse_params
+from tasks import cli, teacher
+from tasks.params import ParamsError, parse_params
+from tasks.pretrain import load_teacher
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def params(**teacher_section) -> Params:
-    return parse_params({"teacher": teacher_section})
+def run_teacher(tmp_path: Path, student_method: str = "distillation", out: str = "teacher", **teacher_section) -> dict:
+    """The teacher stage for a ``student_method`` student, with ``teacher_section`` as params.yaml's teacher."""
+    params = parse_params({"teacher": teacher_section, "pretrain": {"method": student_method}})
+    return teacher.run(params.teacher, params.pretrain.method, params.data, tmp_path / "data", tmp_path / out,
+                       tmp_path / "ckpt")
 
 
 def saved_model(path: Path) -> Path:
@@ -28,33 +36,50 @@ def saved_model(path: Path) -> Path:
 
 def test_checkpoint_file_source_is_copied_and_loads_frozen(tmp_path: Path) -> None:
     source = saved_model(tmp_path / "mine.pt")
-    spec = teacher.run(params(source=str(source)), tmp_path / "data", tmp_path / "teacher", tmp_path / "ckpt")
+    spec = run_teacher(tmp_path, source=str(source))
     assert spec == {"kind": "file", "source": str(source)}
-    loaded = teacher.load(tmp_path / "teacher")
+    loaded = load_teacher(tmp_path / "teacher")
     assert loaded.embedding_dim == 512 and not loaded.module.training
     assert not any(p.requires_grad for p in loaded.module.parameters())
 
 
 def test_missing_or_invalid_file_says_what_to_use(tmp_path: Path) -> None:
     with pytest.raises(teacher.TeacherError, match=r"teacher.source = .*nope.pt.*no such file.*'pretrain'"):
-        teacher.run(params(source=str(tmp_path / "nope.pt")), tmp_path, tmp_path / "t", tmp_path / "c")
+        run_teacher(tmp_path, source=str(tmp_path / "nope.pt"))
     junk = tmp_path / "junk.pt"
     torch.save({"weights": 1}, junk)
     with pytest.raises(teacher.TeacherError, match="not an embedding-model file"):
-        teacher.run(params(source=str(junk)), tmp_path, tmp_path / "t", tmp_path / "c")
+        run_teacher(tmp_path, source=str(junk))
 
 
 def test_dinov2_source_is_recorded_not_downloaded(tmp_path: Path) -> None:
-    spec = teacher.run(params(source="dinov2:dinov2_vits14"), tmp_path, tmp_path / "t", tmp_path / "c")
+    spec = run_teacher(tmp_path, source="dinov2:dinov2_vits14")
     assert spec == {"kind": "dinov2", "name": "dinov2_vits14", "image_size": 224}
-    assert json.loads((tmp_path / "t" / "teacher.json").read_text()) == spec
+    assert json.loads((tmp_path / "teacher" / "teacher.json").read_text()) == spec
 
 
-def test_methods_without_teacher_skip_the_stage(tmp_path: Path) -> None:
-    spec = teacher.run(parse_params({"pretrain": {"method": "byol"}}), tmp_path, tmp_path / "t", tmp_path / "c")
-    assert spec["kind"] == "none" and teacher.load(tmp_path / "t") is None
+@pytest.mark.parametrize("student_method", [name for name in METHOD_NAMES if not method_class(name).needs_teacher])
+def test_methods_without_teacher_skip_the_stage(student_method: str, tmp_path: Path) -> None:
+    spec = run_teacher(tmp_path, student_method)
+    assert spec["kind"] == "none" and load_teacher(tmp_path / "teacher") is None
 
 
-def test_loading_before_the_stage_ran_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(teacher.TeacherError, match="run the teacher stage first"):
-        teacher.load(tmp_path / "missing")
+def test_a_pretrained_teacher_cannot_itself_need_a_teacher(tmp_path: Path) -> None:
+    # params.yaml loads: the teacher stage refuses it, naming the key, before touching its output.
+    with pytest.raises(ParamsError, match=r"^teacher\.method = 'distillation': .*e\.g\. 'simclr'"):
+        run_teacher(tmp_path, source="pretrain", method="distillation")
+    assert not (tmp_path / "teacher").exists()
+    # From a file, teacher.method plays no part.
+    source = saved_model(tmp_path / "mine.pt")
+    assert run_teacher(tmp_path, source=str(source), method="distillation")["kind"] == "file"
+
+
+def test_pretrain_before_the_teacher_stage_ran_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "ingested").mkdir(parents=True)
+    (tmp_path / "data" / "ingested" / "manifest.csv").write_text("")
+    assert cli.main(["pretrain", "--params", str(REPO_ROOT / "params.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert "models/teacher/teacher.json not found: run `sslpipe teacher` first" in error
+    assert "\n" not in error.strip()  # one line, no traceback

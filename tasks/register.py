@@ -1,23 +1,24 @@
 """Stage 6, register: log the run to MLflow and register the ONNX embedder.
 
-One MLflow run per registration holds the resolved params, the kNN metrics, the
-per-epoch training curve, the PyTorch checkpoint (``checkpoint/model.pt``, so the
-model can later serve as a distillation teacher) and the ONNX model logged with
-the ONNX flavor and a signature. The registered version is that ONNX model: it is
-what serving deploys.
+One MLflow run per registration holds the configuration the student was trained
+with (its ``config.json``, written by the pretrain stage: what produced the model,
+not what params.yaml says now), the kNN metrics, the per-epoch training curve, the
+PyTorch checkpoint (``checkpoint/model.pt``, so the model can later serve as a
+distillation teacher) and the ONNX model logged with the ONNX flavor and a
+signature. The registered version is that ONNX model: it is what serving deploys.
 
 Aliases: the new version becomes ``challenger``; ``champion`` moves to it only if
 its kNN top-1 beats the current champion's by ``register.champion_margin``.
-Version tags: git commit, dataset manifest hash, params hash, kNN top-1.
+Version tags: git commit, dataset manifest hash, hash of the logged params, kNN top-1.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import logging
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,42 +29,44 @@ import onnx
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from ssl_core.export import INPUT_NAME, OUTPUT_NAME, onnx_session, read_onnx_metadata
+from ssl_core.onnx_format import INPUT_NAME, OUTPUT_NAME, onnx_session, read_onnx_metadata
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
-from tasks.layout import MODEL_FILE, ONNX_FILE
+from tasks.layout import METRICS_FILE, ONNX_FILE
 from tasks.mlflow_setup import connect, ensure_experiment
-from tasks.params import Params, params_hash
+from tasks.model_uris import CHECKPOINT_ARTIFACT
+from tasks.params import Params, RegisterParams
 
 logger = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 METRIC_TAG = "knn_top1"
-CHECKPOINT_ARTIFACT = "checkpoint"
 
 
-class RegistryError(RuntimeError):
-    """A model URI cannot be resolved; the message says what to do."""
+def main(params: Params, args: argparse.Namespace) -> None:
+    run(params.registry, args.data, args.model, args.evaluation, args.onnx, args.out)
 
 
-def run(params: Params, ingested: Path, student_dir: Path, evaluation_dir: Path, onnx_dir: Path,
+def run(register: RegisterParams, ingested: Path, student_dir: Path, evaluation_dir: Path, onnx_dir: Path,
         out_path: Path, project_dir: Path = Path(".")) -> dict[str, Any]:
     """Logs, registers and aliases; writes a summary to ``out_path``."""
     client = connect(project_dir)
-    experiment_id = ensure_experiment(params.registry.experiment, project_dir)
-    metrics = json.loads((evaluation_dir / "metrics.json").read_text())
+    experiment_id = ensure_experiment(register.experiment, project_dir)
+    metrics = json.loads((evaluation_dir / METRICS_FILE).read_text())
     history = json.loads((student_dir / "history.json").read_text())
+    trained_with = json.loads((student_dir / "config.json").read_text())
+    logged_params = flatten({**trained_with, "register": register.model_dump(mode="json")})
     tags = {
         "git_commit": git_commit(project_dir),
         "dataset_manifest_sha256": sha256_file(ingested / MANIFEST_NAME),
-        "params_hash": params_hash(params),
+        "params_hash": hashlib.sha256(json.dumps(logged_params, sort_keys=True).encode()).hexdigest()[:16],
         METRIC_TAG: f"{metrics['student']['top1']:.6f}",
     }
-    name = params.registry.model_name
-    with mlflow.start_run(experiment_id=experiment_id,
-                          run_name=f"{params.pretrain.method}-{params.pretrain.backbone}") as run:
+    name = register.model_name
+    training = trained_with["training"]
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{training['method']}-{training['backbone']}") as run:
         mlflow.set_tags(tags)
-        mlflow.log_params(flatten(params.model_dump(mode="json", by_alias=True)))
+        mlflow.log_params(logged_params)
         mlflow.log_metrics(flat_metrics(metrics))
         for epoch in history["epochs"]:
             mlflow.log_metrics({"train_loss": epoch["loss"], "embedding_std": epoch["embedding_std"]}, step=epoch["epoch"])
@@ -77,10 +80,10 @@ def run(params: Params, ingested: Path, student_dir: Path, evaluation_dir: Path,
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    promoted, reason = maybe_promote(client, name, version, metrics["student"]["top1"], params.registry.champion_margin)
+    promoted, reason = maybe_promote(client, name, version, metrics["student"]["top1"], register.champion_margin)
     summary = {
         "tracking_uri": mlflow.get_tracking_uri(),
-        "experiment": params.registry.experiment,
+        "experiment": register.experiment,
         "run_id": run_id,
         "model_name": name,
         "version": version,
@@ -126,58 +129,6 @@ def maybe_promote(client, name: str, version: str, top1: float, margin: float) -
         client.set_registered_model_alias(name, CHAMPION, version)
         return True, f"kNN top-1 {top1:.4f} > champion v{champion.version} {champion_top1:.4f} + margin {margin}"
     return False, f"kNN top-1 {top1:.4f} <= champion v{champion.version} {champion_top1:.4f} + margin {margin}"
-
-
-def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/name@alias`` -> (name, alias, None); ``models:/name/3`` -> (name, None, "3")."""
-    if not uri.startswith("models:/"):
-        raise RegistryError(f"{uri!r} is not a model registry URI (models:/<name>@<alias> or models:/<name>/<version>).")
-    body = uri.removeprefix("models:/").strip("/")
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, alias, None
-    if "/" in body:
-        name, version = body.rsplit("/", 1)
-        return name, None, version
-    raise RegistryError(f"{uri!r}: name an alias or version, e.g. models:/{body}@champion.")
-
-
-def resolve_version(uri: str, project_dir: Path = Path(".")):
-    name, alias, version = parse_models_uri(uri)
-    client = connect(project_dir)
-    try:
-        if alias is not None:
-            return client.get_model_version_by_alias(name, alias)
-        return client.get_model_version(name, version)
-    except MlflowException as error:
-        raise RegistryError(
-            f"{uri}: not found in the MLflow registry at {mlflow.get_tracking_uri()} "
-            f"({error.message.splitlines()[0]}). Run the register stage first or check the name/alias."
-        ) from None
-
-
-def download_checkpoint(uri: str, destination: Path, project_dir: Path = Path(".")) -> Path:
-    """The PyTorch ``model.pt`` logged with the run behind a registered version."""
-    version = resolve_version(uri, project_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=version.run_id, artifact_path=f"{CHECKPOINT_ARTIFACT}/{MODEL_FILE}", dst_path=tmp)
-        except (MlflowException, OSError) as error:
-            raise RegistryError(f"{uri}: its run {version.run_id} has no {CHECKPOINT_ARTIFACT}/{MODEL_FILE} ({error}).") from None
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, destination)
-    return destination
-
-
-def download_onnx(uri: str, destination_dir: Path, project_dir: Path = Path(".")) -> Path:
-    """The ONNX file of a registered version (by alias or number)."""
-    version = resolve_version(uri, project_dir)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(destination_dir)))
-    candidates = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
-    if not candidates:
-        raise RegistryError(f"{uri}: version {version.version} holds no .onnx file.")
-    return candidates[0]
 
 
 def git_commit(project_dir: Path) -> str:

@@ -1,0 +1,98 @@
+"""The one list of pipeline stages: name, order, code, and the paths each reads and writes.
+
+The CLI builds one subcommand per stage from it, ``sslpipe run`` runs it in order,
+the Prefect flow makes one task per stage, and dvc.yaml must agree with it: each
+stage's command, its code dependencies (the project files its command imports) and
+its params (the sections its ``main`` reads). ``tests/tasks/test_dvc_yaml.py``
+checks all three, and ``python scripts/dvc_deps.py --write`` brings dvc.yaml's
+code deps and params up to date.
+
+Each stage is a module ``tasks.<module>`` with ``main(params, args)``, the thin CLI
+entry over its plain ``run`` function. The module is imported only when its stage
+runs, so ``sslpipe --help`` imports no stage at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import layout
+
+
+@dataclass(frozen=True)
+class PathOption:
+    """A ``--<name>`` path option of a stage command, with its default from :mod:`tasks.layout`.
+
+    Attributes:
+        name: the option (``data`` gives ``--data``).
+        default: where the pipeline keeps it.
+        help: what it is, for ``--help``.
+        requires: for an input, the file inside it that must exist (``""``: the path itself).
+    """
+
+    name: str
+    default: Path
+    help: str
+    requires: str = ""
+
+    @property
+    def required_path(self) -> Path:
+        return self.default / self.requires if self.requires else self.default
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One DVC stage and ``sslpipe`` subcommand."""
+
+    name: str
+    module: str
+    help: str
+    inputs: tuple[PathOption, ...] = ()
+    outputs: tuple[PathOption, ...] = ()
+
+    @property
+    def options(self) -> tuple[PathOption, ...]:
+        return self.inputs + self.outputs
+
+    def command(self) -> str:
+        """The stage's command with the default paths: what dvc.yaml runs."""
+        return " ".join([f"sslpipe {self.name}", *(f"--{o.name} {o.default.as_posix()}" for o in self.options)])
+
+
+DATA = PathOption("data", layout.INGESTED, "ingested dataset", requires=layout.MANIFEST_FILE)
+STUDENT = PathOption("model", layout.STUDENT, "model folder of the pretrain stage", requires=layout.MODEL_FILE)
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "tasks.ingest", "decode and catalogue the images of ingest.source",
+          outputs=(PathOption("out", layout.INGESTED, "output folder: images/, manifest.csv, ingest_report.json"),)),
+    Stage("teacher", "tasks.teacher", "prepare the distillation teacher (teacher.source)",
+          inputs=(DATA,),
+          outputs=(PathOption("out", layout.TEACHER, "teacher folder"),
+                   PathOption("checkpoints", layout.TEACHER_CHECKPOINTS, "epoch checkpoints, kept for resume"))),
+    Stage("pretrain", "tasks.pretrain", "self-supervised pretraining of the student (pretrain.*)",
+          inputs=(DATA, PathOption("teacher", layout.TEACHER, "prepared teacher folder", requires=layout.TEACHER_SPEC)),
+          outputs=(PathOption("out", layout.STUDENT, "model folder: model.pt, history.json, training.png"),
+                   PathOption("checkpoints", layout.STUDENT_CHECKPOINTS, "epoch checkpoints, kept for resume"))),
+    Stage("evaluate", "tasks.evaluate", "kNN accuracy of the student and of a random-init baseline",
+          inputs=(DATA, STUDENT),
+          outputs=(PathOption("out", layout.EVALUATION, "metrics.json, per_class.json, knn.png"),)),
+    Stage("export", "tasks.export", "export the student to ONNX and check it against PyTorch",
+          inputs=(DATA, STUDENT),
+          outputs=(PathOption("out", layout.ONNX_DIR, "model.onnx, export_report.json"),)),
+    Stage("register", "tasks.register", "log to MLflow, register the ONNX model, set aliases",
+          inputs=(DATA, STUDENT,
+                  PathOption("evaluation", layout.EVALUATION, "evaluation folder", requires=layout.METRICS_FILE),
+                  PathOption("onnx", layout.ONNX_DIR, "ONNX folder", requires=layout.ONNX_FILE)),
+          outputs=(PathOption("out", layout.REGISTRATION, "registration summary"),)),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def stage(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
+
+
+def producer_of(path: Path) -> Stage | None:
+    """The stage that writes ``path`` (or the folder holding it), for "run it first" hints."""
+    return next((s for s in STAGES for o in s.outputs if path == o.default or o.default in path.parents), None)

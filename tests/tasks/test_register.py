@@ -1,0 +1,120 @@
+"""The register stage on a real (SQLite) MLflow: what it logs and tags, and champion promotion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+from ssl_core.augment import Normalization
+from ssl_core.export import export_onnx
+from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
+from ssl_core.onnx_format import OnnxMetadata
+from tasks import register
+from tasks.mlflow_setup import project_db_uri
+from tasks.params import RegisterParams
+from tasks.register import CHAMPION, METRIC_TAG, maybe_promote
+
+
+@pytest.fixture()
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def add_version(client: MlflowClient, name: str, top1: float, tmp_path: Path) -> str:
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=(tmp_path / "artifact").as_uri()).version
+    client.set_model_version_tag(name, version, METRIC_TAG, f"{top1:.6f}")
+    return str(version)
+
+
+def test_champion_moves_only_when_beaten_by_the_margin(client: MlflowClient, tmp_path: Path) -> None:
+    v1 = add_version(client, "m", 0.50, tmp_path)
+    assert maybe_promote(client, "m", v1, 0.50, margin=0.01)[0]  # first version always becomes champion
+    v2 = add_version(client, "m", 0.505, tmp_path)
+    promoted, reason = maybe_promote(client, "m", v2, 0.505, margin=0.01)
+    assert not promoted and "margin" in reason
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == v1
+    v3 = add_version(client, "m", 0.53, tmp_path)
+    assert maybe_promote(client, "m", v3, 0.53, margin=0.01)[0]
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == v3
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny exported embedder: register reads its metadata and runs it once for the signature."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    norm = Normalization()
+    out = tmp_path_factory.mktemp("onnx")
+    export_onnx(backbone, OnnxMetadata(32, norm.mean, norm.std, 8, "tiny", "simclr"), out / "model.onnx", opset=18)
+    return out
+
+
+def stage_inputs(root: Path, config: dict, top1: float) -> dict[str, Path]:
+    """What the earlier stages leave: ingested data, a student folder, an evaluation folder."""
+    ingested, student, evaluation = root / "ingested", root / "student", root / "evaluate"
+    for folder in (ingested, student, evaluation):
+        folder.mkdir(parents=True, exist_ok=True)
+    write_manifest([ManifestRecord("images/0.png", "0" * 64, "cat", "train", 32, 32)], ingested / MANIFEST_NAME)
+    (ingested / "ingest_report.json").write_text("{}")
+    (student / "config.json").write_text(json.dumps(config))
+    (student / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "loss": 5.0, "embedding_std": 0.1}]}))
+    (evaluation / "metrics.json").write_text(json.dumps({"student": {"top1": top1, "top5": 0.9},
+                                                         "random_init": {"top1": 0.2, "top5": 0.6}, "k": 20}))
+    return {"ingested": ingested, "student_dir": student, "evaluation_dir": evaluation}
+
+
+def trained_with(epochs: int) -> dict:
+    """A student's config.json, as the pretrain stage writes it."""
+    return {"training": {"method": "simclr", "backbone": "tiny", "epochs": epochs}, "data": {"image_size": 32},
+            "lr": 0.24, "teacher": None}
+
+
+def test_register_logs_the_students_config_and_tags_its_hash(tmp_path: Path, onnx_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # The project's own store, as without the variable (mlflow.set_tracking_uri sets it anyway;
+    # monkeypatch removes it again after the test).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project_db_uri(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = RegisterParams(model_name="emb")
+
+    def registered(name: str, config: dict, top1: float) -> dict:
+        inputs = stage_inputs(tmp_path / name, config, top1)
+        return register.run(settings, onnx_dir=onnx_dir, out_path=tmp_path / f"{name}.json", project_dir=tmp_path,
+                            **inputs)
+
+    first = registered("first", trained_with(epochs=2), top1=0.5)
+    assert json.loads((tmp_path / "first.json").read_text()) == first
+    assert first["version"] == "1" and first["promoted_to_champion"]
+    assert first["aliases"] == ["challenger", "champion"]
+    # What produced the model, read from its config.json, not what params.yaml says now.
+    run = MlflowClient(first["tracking_uri"]).get_run(first["run_id"])
+    assert run.data.params["training.epochs"] == "2" and run.data.params["training.method"] == "simclr"
+    assert run.data.params["register.model_name"] == "emb"
+    assert run.info.run_name == "simclr-tiny"
+    # Artifacts go to the project's mlartifacts/, never to the folder the process runs in.
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+    assert not any(elsewhere.iterdir())
+
+    same = registered("same", trained_with(epochs=2), top1=0.5)
+    other = registered("other", trained_with(epochs=3), top1=0.5)
+    assert same["tags"]["params_hash"] == first["tags"]["params_hash"]  # stable
+    assert other["tags"]["params_hash"] != first["tags"]["params_hash"]  # follows the config
+    assert not same["promoted_to_champion"] and same["aliases"] == ["challenger"]  # no better than the champion
+    assert other["aliases"] == ["challenger"]
+    client = MlflowClient(first["tracking_uri"])
+    assert client.get_model_version("emb", same["version"]).aliases == []  # the challenger moved on
+    version = client.get_model_version("emb", other["version"])
+    assert version.tags["params_hash"] == other["tags"]["params_hash"] and version.tags[METRIC_TAG] == "0.500000"
