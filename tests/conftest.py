@@ -23,3 +23,13 @@ def full_cifar_archive() -> Path:
     """
     return cifar10_archive(FULL.train_per_class, FULL.test_per_class)
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``slow`` every test that reads all of CIFAR-10: it trains or embeds thousands of images.
+
+    So ``-m "not slow"`` stays fast, and runs on a fresh clone without ``../shared``
+    skipping nothing.
+    """
+    for item in items:
+        if "full_cifar_archive" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
