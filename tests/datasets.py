@@ -66,10 +66,10 @@ def cifar10_archive(train_per_class: int, test_per_class: int) -> Path:
     if not missing:
         raise ValueError(f"CIFAR-10 has {FULL.train_per_class} train + {FULL.test_per_class} test images per class, "
                          f"not {train_per_class} + {test_per_class}")
-    reason = (f"{' and '.join(str(source.path) for source in missing)} not found: this test needs "
+    reason = (f"{' and '.join(str(source.path) for source in missing)} not found: this test asks for "
               f"{train_per_class} train + {test_per_class} test images per CIFAR-10 class")
     if SHIPPED not in missing:
-        reason += f", more than the shipped subset's {SHIPPED.train_per_class} + {SHIPPED.test_per_class}"
+        reason += f"; the shipped subset has {SHIPPED.train_per_class} + {SHIPPED.test_per_class}"
     if in_ci():
         pytest.fail(f"{reason} (CI=true: CI must run every test)")
     pytest.skip(reason)

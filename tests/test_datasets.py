@@ -42,8 +42,8 @@ def test_without_the_full_archive_the_shipped_subset_serves_what_it_can(full_arc
     full_archive_at(tmp_path / "cifar10-jpeg.tar.gz")
     monkeypatch.delenv("CI", raising=False)
     assert cifar10_archive(SHIPPED.train_per_class, SHIPPED.test_per_class) == SHIPPED.path
-    with pytest.raises(pytest.skip.Exception, match=r"cifar10-jpeg.tar.gz not found: this test needs 200 train "
-                                                    r"\+ 1000 test images per CIFAR-10 class, more than the shipped"):
+    with pytest.raises(pytest.skip.Exception, match=r"cifar10-jpeg.tar.gz not found: this test asks for 200 train "
+                                                    r"\+ 1000 test images per CIFAR-10 class; the shipped subset"):
         cifar10_archive(200, 1000)
 
 
