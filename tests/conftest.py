@@ -1,31 +1,35 @@
-"""Fixtures shared by every test folder: real images from ../shared/datasets."""
+"""Fixtures shared by every test folder: real CIFAR-10 images (see tests/datasets.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
-CIFAR_ARCHIVE = SHARED_DATASETS / "cifar10-jpeg.tar.gz"
-
-
-def make_cifar_subset(output: Path, train_per_class: int, test_per_class: int) -> Path:
-    """A class-balanced CIFAR-10 .tar.gz cut by the same script as the shipped default."""
-    if not CIFAR_ARCHIVE.is_file():
-        pytest.skip(f"{CIFAR_ARCHIVE} not found (tests use the shared datasets folder beside the checkout)")
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "make_default_dataset.py"), str(CIFAR_ARCHIVE), str(output),
-         "--train-per-class", str(train_per_class), "--test-per-class", str(test_per_class)],
-        check=True, capture_output=True,
-    )
-    return output
+from tests.datasets import FULL, cifar10_archive, cut_cifar10
 
 
 @pytest.fixture(scope="session")
 def tiny_cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """300 real CIFAR-10 JPEGs: 20 train + 10 test per class, as a .tar.gz."""
-    return make_cifar_subset(tmp_path_factory.mktemp("data") / "tiny.tar.gz", 20, 10)
+    """300 real CIFAR-10 JPEGs: 20 train + 10 test per class, as a .tar.gz (top folder ``cifar10-subset``)."""
+    return cut_cifar10(tmp_path_factory.mktemp("data") / "tiny.tar.gz", 20, 10)
+
+
+@pytest.fixture(scope="session")
+def full_cifar_archive() -> Path:
+    """All of CIFAR-10 (``../shared/datasets/cifar10-jpeg.tar.gz``), for tests that need more than the shipped subset.
+
+    Absent, it fails the test under ``CI=true`` and skips it elsewhere, with the reason.
+    """
+    return cifar10_archive(FULL.train_per_class, FULL.test_per_class)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``slow`` every test that reads all of CIFAR-10: it trains or embeds thousands of images.
+
+    So ``-m "not slow"`` stays fast, and runs on a fresh clone without ``../shared``
+    skipping nothing.
+    """
+    for item in items:
+        if "full_cifar_archive" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -8,27 +8,43 @@ from pathlib import Path
 import pytest
 
 from benchmarks import summarize
-from benchmarks.lightly_benchmark import main
-from tests.conftest import CIFAR_ARCHIVE, SHARED_DATASETS
+from benchmarks.lightly_benchmark import DATASETS, main
+from tests.datasets import cut_cifar10
+
+TRAIN_PER_CLASS = 8
+TEST_PER_CLASS = 4
 
 
-def run_benchmark(tmp_path: Path, *options: str) -> None:
-    main(["--dataset", "cifar10", "--batch-size", "32", "--lr", "0.02", "--train-per-class", "8",
-          "--test-per-class", "4", "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
-          "--datasets", str(SHARED_DATASETS), "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+@pytest.fixture
+def datasets_dir(tmp_path: Path) -> Path:
+    """A ``--datasets`` folder whose CIFAR-10 archive has the benchmark's name and layout.
+
+    It holds twice the images the test selects, so the script's own class-balanced
+    selection is exercised too.
+    """
+    spec = DATASETS["cifar10"]
+    cut_cifar10(tmp_path / "datasets" / spec.archive, 2 * TRAIN_PER_CLASS, 2 * TEST_PER_CLASS, top=spec.top)
+    return tmp_path / "datasets"
+
+
+def run_benchmark(tmp_path: Path, datasets_dir: Path, *options: str) -> None:
+    main(["--dataset", "cifar10", "--batch-size", "32", "--lr", "0.02", "--train-per-class", str(TRAIN_PER_CLASS),
+          "--test-per-class", str(TEST_PER_CLASS), "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
+          "--datasets", str(datasets_dir), "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
           *options])
 
 
-@pytest.mark.skipif(not CIFAR_ARCHIVE.is_file(), reason="needs ../shared/datasets")
-def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path) -> None:
+def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path, datasets_dir: Path) -> None:
     """As on a GPU machine with a time limit per call: one method per call, results merged."""
     out = tmp_path / "out"
-    run_benchmark(tmp_path, "--methods", "simclr", "--epochs", "1")
-    run_benchmark(tmp_path, "--methods", "distillation", "--epochs", "1")  # its teacher: the SimCLR of call 1
+    run_benchmark(tmp_path, datasets_dir, "--methods", "simclr", "--epochs", "1")
+    # Distillation's teacher: the SimCLR of the first call.
+    run_benchmark(tmp_path, datasets_dir, "--methods", "distillation", "--epochs", "1")
     report = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in report["results"]] == ["simclr", "distillation"]
     assert len(report["header"]["commands"]) == 2 and "--methods distillation" in report["header"]["commands"][1]
-    assert report["header"]["train_images"] == 80 and report["header"]["test_images"] == 40
+    assert report["header"]["train_images"] == 10 * TRAIN_PER_CLASS
+    assert report["header"]["test_images"] == 10 * TEST_PER_CLASS
     for result in report["results"]:
         assert len(result["knn_per_epoch"]) == 1 and 0.0 <= result["final_knn_top1"] <= 1.0
         assert result["best_knn_top1"] == result["final_knn_top1"] and result["train_seconds"] > 0
@@ -39,7 +55,7 @@ def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path) -> No
     assert "| simclr | 1 | 0.02 |" in table and "| distillation | 1 | 0.02 |" in table
 
     with pytest.raises(SystemExit):  # another setup in the same --out would mix incomparable numbers
-        run_benchmark(tmp_path, "--methods", "simclr", "--epochs", "2")
+        run_benchmark(tmp_path, datasets_dir, "--methods", "simclr", "--epochs", "2")
     assert json.loads((out / "results.json").read_text()) == report
 
     summarize.main(["--results", str(tmp_path)])  # the overview of every run folder under tmp_path

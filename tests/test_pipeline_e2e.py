@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.datasets import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: real image folders cut from the shared CIFAR-10 archive."""
+"""Shared fixtures: real image folders cut from a CIFAR-10 archive (see tests/datasets.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,14 @@ import pytest
 from PIL import Image
 
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
+from tests.datasets import cifar10_archive
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
-CIFAR_ARCHIVE = "cifar10-jpeg.tar.gz"
 NUM_CLASSES = 8
 IMAGES_PER_CLASS = 8
 
 
 def extract_cifar_folder(archive_path: Path, root: Path, per_class: dict[str, int], num_classes: int = 10) -> Path:
-    """Writes an ingested-style folder (images + ``manifest.csv``) cut from the CIFAR-10 archive.
+    """Writes an ingested-style folder (images + ``manifest.csv``) cut from a CIFAR-10 archive.
 
     Keeps files ``0000.jpg`` .. ``{n-1}.jpg`` of each of the first ``num_classes``
     classes (sorted by name) for each split ``per_class`` names, so the cut is
@@ -27,7 +25,7 @@ def extract_cifar_folder(archive_path: Path, root: Path, per_class: dict[str, in
     records = []
     with tarfile.open(archive_path) as archive:
         for member in archive:
-            parts = member.name.split("/")  # cifar10/<split>/<class>/<NNNN>.jpg
+            parts = member.name.split("/")  # <top>/<split>/<class>/<NNNN>.jpg
             if len(parts) != 4 or not member.isfile() or parts[1] not in per_class:
                 continue
             _, split, label, filename = parts
@@ -52,19 +50,10 @@ def extract_cifar_folder(archive_path: Path, root: Path, per_class: dict[str, in
 
 
 @pytest.fixture(scope="session")
-def cifar_archive() -> Path:
-    """Path of the shared CIFAR-10 JPEG archive; skips the test when it is absent."""
-    archive = SHARED_DATASETS / CIFAR_ARCHIVE
-    if not archive.is_file():
-        pytest.skip(f"{archive} not found: these tests need the shared datasets folder beside the checkout.")
-    return archive
-
-
-@pytest.fixture(scope="session")
-def cifar_folder(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cifar_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ingested-style folder: 8 train images of each of 8 CIFAR-10 classes."""
-    return extract_cifar_folder(cifar_archive, tmp_path_factory.mktemp("cifar_tiny"), {"train": IMAGES_PER_CLASS},
-                                NUM_CLASSES)
+    return extract_cifar_folder(cifar10_archive(IMAGES_PER_CLASS, 0), tmp_path_factory.mktemp("cifar_tiny"),
+                                {"train": IMAGES_PER_CLASS}, NUM_CLASSES)
 
 
 @pytest.fixture(scope="session")

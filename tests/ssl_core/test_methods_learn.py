@@ -85,9 +85,9 @@ DINO_CROPS = MultiCropConfig(num_local_crops=2)
 
 
 @pytest.fixture(scope="module")
-def cifar_2000(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cifar_2000(full_cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2,000 train and 10,000 test CIFAR-10 images as an ingested-style folder."""
-    return extract_cifar_folder(cifar_archive, tmp_path_factory.mktemp("cifar_2000"),
+    return extract_cifar_folder(full_cifar_archive, tmp_path_factory.mktemp("cifar_2000"),
                                 {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS})
 
 
