@@ -130,11 +130,11 @@ class ShortRuns:
 
     def _train(self, name: str) -> nn.Module:
         """Trains ``name`` through the factory, its own views and the real engine, as the pipeline does."""
+        teacher = None
+        if method_class(name).needs_teacher:  # first: training it must not move the student's seed
+            teacher = Teacher(self.trained_backbone(TEACHER), FEATURE_DIM, f"{TEACHER} short run")
         backbone = Backbone(self.random_init_backbone(), FEATURE_DIM, f"small_convnet({WIDTH})")
         dataset = ManifestDataset(self.folder, ["train"])
-        teacher = None
-        if method_class(name).needs_teacher:
-            teacher = Teacher(self.trained_backbone(TEACHER), FEATURE_DIM, f"{TEACHER} short run")
         run = SHORT_RUNS[name]
         method = build_method(name, backbone, run.recipe, teacher=teacher, num_images=len(dataset))
         dataset.transform = method.train_transform(method.view_config(32), Normalization())
