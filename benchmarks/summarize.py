@@ -20,8 +20,9 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ssl_core.methods import METHOD_NAMES  # noqa: E402  (torch-free: the one list of methods)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-METHOD_ORDER = ("simclr", "moco", "simsiam", "barlowtwins", "byol", "dino", "distillation")
 # kNN top-1 of the lightly CIFAR-10 benchmark: ResNet-18, 200 epochs, batch 512, RTX A6000.
 LIGHTLY_CIFAR10_200_EPOCHS = {"simclr": 0.848, "byol": 0.868, "moco": 0.847, "simsiam": 0.764, "dino": 0.813,
                               "barlowtwins": 0.819}
@@ -35,7 +36,7 @@ def load_runs(results_dir: Path) -> dict[str, dict]:
 def plot_run(name: str, run: dict, path: Path) -> Path:
     """kNN top-1 after each epoch, one line per method, random init dashed."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for result in sorted(run["results"], key=lambda r: METHOD_ORDER.index(r["method"])):
+    for result in sorted(run["results"], key=lambda r: METHOD_NAMES.index(r["method"])):
         epochs = range(1, len(result["knn_per_epoch"]) + 1)
         ax.plot(epochs, result["knn_per_epoch"], marker="o", label=f"{result['method']} (lr {result['lr']:g})")
     random_init = run["results"][0]["random_init_knn_top1"]
@@ -69,7 +70,7 @@ def overview(runs: dict[str, dict]) -> str:
                          f"{h['test_images']} test images, {h['epochs']} epoch(s), batch {h['batch_size']}, {h['precision']}.")
         lines += ["", "| method | " + " | ".join(columns) + (" | lightly, 200 epochs |" if reference else " |"),
                   "|---" * (len(columns) + 1 + reference) + "|"]
-        for method in METHOD_ORDER:
+        for method in METHOD_NAMES:
             cells = []
             for name in names:
                 result = next((r for r in runs[name]["results"] if r["method"] == method), None)
