@@ -21,6 +21,7 @@ from ssl_core.methods.recipes import (
     MultiCropConfig,
     SimCLRConfig,
     SimSiamConfig,
+    VICRegConfig,
 )
 
 # params.yaml name -> recipe, in the order methods are documented and benchmarked.
@@ -32,6 +33,7 @@ RECIPES: dict[str, type] = {
     "barlowtwins": BarlowTwinsConfig,
     "byol": BYOLConfig,
     "dino": DINOConfig,
+    "vicreg": VICRegConfig,
 }
 METHOD_NAMES = tuple(RECIPES)
 
@@ -46,4 +48,5 @@ __all__ = [
     "MultiCropConfig",
     "SimCLRConfig",
     "SimSiamConfig",
+    "VICRegConfig",
 ]

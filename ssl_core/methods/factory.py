@@ -25,13 +25,14 @@ from ssl_core.methods.distillation import Distillation
 from ssl_core.methods.moco import MoCo
 from ssl_core.methods.simclr import SimCLR
 from ssl_core.methods.simsiam import SimSiam
+from ssl_core.methods.vicreg import VICReg
 
 if TYPE_CHECKING:
     from ssl_core.backbones import Backbone
     from ssl_core.teachers import Teacher
 
 # The network of each recipe in ssl_core.methods.RECIPES.
-IMPLEMENTATIONS: tuple[type[SSLMethod], ...] = (Distillation, SimCLR, MoCo, SimSiam, BarlowTwins, BYOL, DINO)
+IMPLEMENTATIONS: tuple[type[SSLMethod], ...] = (Distillation, SimCLR, MoCo, SimSiam, BarlowTwins, BYOL, DINO, VICReg)
 
 
 def _classes_by_name() -> dict[str, type[SSLMethod]]:

@@ -158,6 +158,50 @@ class BarlowTwinsConfig:
 
 
 @dataclass(frozen=True)
+class VICRegConfig:
+    """VICReg recipe: the paper's loss weights, the expander sized for a ResNet-18.
+
+    Bardes, Ponce and LeCun, ICLR 2022, https://arxiv.org/abs/2105.04906. The paper's
+    expander is 3 layers of 8192 on a ResNet-50 (2048-d features); for the 512-d
+    ResNet-18 the CIFAR recipes in lightly's examples and solo-learn use 2048-wide
+    layers.
+
+    Like Barlow Twins, VICReg needs a far smaller SGD learning rate than SimCLR,
+    though for another reason. Its first gradient is on SimCLR's scale (a CIFAR
+    ResNet-18 with each recipe's head: norm 28 vs SimCLR's 11 and Barlow Twins'
+    15,000; ``tests/ssl_core/test_vicreg.py``), but the loss is not scale-invariant:
+    the covariance term grows with the fourth power of the embeddings' scale, so a
+    step that enlarges them steepens the next one. With SGD (momentum 0.9) on
+    2,000 CIFAR-10 images and the small conv net of the learning test, 3 epochs
+    gave kNN 0.298 / 0.306 / 0.305 / 0.285 / 0.268 at lr 3e-4 / 1e-3 / 3e-3 / 0.01
+    / 0.02 (random init 0.252), and the loss became NaN within the first epoch at
+    0.03 and above. The paper trains with LARS, which bounds each layer's step by
+    its weight norm.
+
+    Attributes:
+        lambda_: weight of the invariance term (25 in the paper).
+        mu: weight of the variance term (25 in the paper).
+        nu: weight of the covariance term (1 in the paper).
+        projection_hidden_dim: width of the expander's hidden layers.
+        projection_dim: size of the embeddings the loss regularizes.
+        projection_layers: linear layers of the expander (3 in the paper).
+    """
+
+    lambda_: float = 25.0
+    mu: float = 25.0
+    nu: float = 1.0
+    projection_hidden_dim: int = 2048
+    projection_dim: int = 2048
+    projection_layers: int = 3
+
+    def __post_init__(self) -> None:
+        require_positive(self, "projection_hidden_dim", "projection_dim", "projection_layers")
+        for name in ("lambda_", "mu", "nu"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be >= 0")
+
+
+@dataclass(frozen=True)
 class BYOLConfig:
     """BYOL recipe; head sizes are the paper's and lightly's ``BYOL*Head`` defaults.
 

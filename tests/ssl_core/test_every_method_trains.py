@@ -26,6 +26,7 @@ from ssl_core.methods import (
     MultiCropConfig,
     SimCLRConfig,
     SimSiamConfig,
+    VICRegConfig,
 )
 from ssl_core.methods.base import SSLMethod, StepOutput
 from ssl_core.methods.factory import build_method, method_class
@@ -45,6 +46,7 @@ SMALL_RECIPES = {
     "byol": BYOLConfig(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),
     "dino": DINOConfig(multicrop=MultiCropConfig(num_local_crops=LOCAL_CROPS), hidden_dim=32, bottleneck_dim=16,
                        output_dim=64),
+    "vicreg": VICRegConfig(projection_hidden_dim=32, projection_dim=32),
 }
 
 

@@ -51,8 +51,8 @@ def teacher_for(name: str) -> Teacher | None:
 
 # --- the one list of methods ----------------------------------------------------------------
 
-def test_all_seven_methods_are_offered() -> None:
-    assert set(METHOD_NAMES) == {"distillation", "dino", "simclr", "moco", "simsiam", "barlowtwins", "byol"}
+def test_all_eight_methods_are_offered() -> None:
+    assert set(METHOD_NAMES) == {"distillation", "dino", "simclr", "moco", "simsiam", "barlowtwins", "byol", "vicreg"}
     assert METHOD_NAMES == tuple(RECIPES) == tuple(METHOD_CLASSES)
 
 
