@@ -2,9 +2,10 @@
 
 One project copy in a temporary folder goes through the whole life of a user's
 repository, in order: ``dvc repro``; ``dvc repro`` again (a no-op); the Prefect flow
-(every stage Cached); a parameter change (only downstream stages rerun); the
-champion served by registry alias; the champion reused as a distillation teacher;
-and the CLI's ``sslpipe run`` in a second copy giving the same metrics.
+(every stage Cached); a parameter change (only downstream stages rerun); an edit of
+each project file (exactly the stages that import it go stale); the champion served
+by registry alias; the champion reused as a distillation teacher; and the CLI's
+``sslpipe run`` in a second copy giving the same metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
+from scripts.dvc_deps import CLI_MODULE, import_closure
+from tasks.stages import STAGE_NAMES, STAGES
 from tests.datasets import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -29,7 +32,6 @@ TINY = {
     "pretrain": {"epochs": 1, "batch_size": 64, "num_workers": 0},
     "evaluate": {"num_workers": 0},
 }
-STAGES = ("ingest", "teacher", "pretrain", "evaluate", "export", "register")
 
 
 def make_project(destination: Path, archive: Path) -> Path:
@@ -67,7 +69,7 @@ def sh(project: Path, *command: str, check: bool = True) -> subprocess.Completed
 
 
 def ran_stages(output: str) -> list[str]:
-    return [s for s in STAGES if f"Running stage '{s}'" in output]
+    return [s for s in STAGE_NAMES if f"Running stage '{s}'" in output]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_cifar_archive: Path) 
 @pytest.fixture(scope="module")
 def first_metrics(project: Path) -> dict:
     result = sh(project, "dvc", "repro")
-    assert ran_stages(result.stdout) == list(STAGES)
+    assert ran_stages(result.stdout) == list(STAGE_NAMES)
     return json.loads((project / "reports/evaluate/metrics.json").read_text())
 
 
@@ -101,8 +103,8 @@ def test_second_repro_is_a_no_op(project: Path, first_metrics: dict) -> None:
 
 def test_prefect_flow_reports_every_stage_cached(project: Path, first_metrics: dict) -> None:
     result = sh(project, sys.executable, "-m", "flows.pipeline")
-    lines = dict(line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGES)
-    assert lines == {stage: "Cached" for stage in STAGES}
+    lines = dict(line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGE_NAMES)
+    assert lines == {stage: "Cached" for stage in STAGE_NAMES}
 
 
 def test_one_param_change_reruns_only_downstream_stages(project: Path, first_metrics: dict) -> None:
@@ -121,6 +123,39 @@ def test_one_param_change_reruns_only_downstream_stages(project: Path, first_met
     version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("ssl-embedder", "2")
     assert version.tags["params_hash"] == registration["tags"]["params_hash"]
     assert "challenger" in version.aliases
+
+
+def test_editing_a_file_makes_exactly_the_stages_that_import_it_stale(project: Path, first_metrics: dict) -> None:
+    """Every project file any stage imports, edited in turn: `dvc status` names exactly its importers.
+
+    What a stage imports is computed here from the code (the module-level import
+    closure of ``sslpipe <stage>``), independently of the deps written in dvc.yaml,
+    so a file missing from a stage's deps or listed for a stage that does not run
+    it fails. DVC reruns the stages downstream of a stale one when its outputs change.
+    """
+    from dvc.repo import Repo
+
+    imports = {s.name: {p.relative_to(REPO_ROOT).as_posix() for p in import_closure(CLI_MODULE, s.module)}
+               for s in STAGES}
+    assert "ssl_core/knn.py" in imports["evaluate"]
+    assert "ssl_core/knn.py" not in imports["teacher"] | imports["pretrain"]
+    sh(project, "dvc", "repro")  # earlier tests may have changed params
+    wrong = []
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}, repo.status()
+        for relative in sorted(set().union(*imports.values())):
+            path = project / relative
+            original = path.read_bytes()
+            path.write_bytes(original + b"\n# edited by the staleness test\n")
+            try:
+                stale = {name.rpartition(":")[2] for name in repo.status()}
+            finally:
+                path.write_bytes(original)
+            expected = {stage for stage, files in imports.items() if relative in files}
+            if stale != expected:
+                wrong.append(f"{relative}: stale {sorted(stale)}, imported by {sorted(expected)}")
+        assert repo.status() == {}, "restoring every file must leave the pipeline up to date"
+    assert wrong == [], "\n".join(wrong)
 
 
 def test_served_champion_equals_the_onnx_file(project: Path, first_metrics: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +195,7 @@ def test_bad_input_gets_one_line_errors(project: Path, first_metrics: dict, tmp_
     assert "Traceback" not in result.stderr
     result = sh(project, "sslpipe", "pretrain", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "s"),
                 check=False)
-    assert result.returncode == 2 and "run the teacher stage first" in result.stderr
+    assert result.returncode == 2 and "teacher.json not found: run `sslpipe teacher` first" in result.stderr
     (tmp_path / "empty").mkdir()
     result = sh(project, "sslpipe", "ingest", "--set", f"ingest.source={tmp_path / 'empty'}", "--out",
                 str(tmp_path / "ing"), check=False)
