@@ -95,8 +95,9 @@ class MethodResult:
     collapsed: bool = False
 
 
-def prepare(spec: DatasetSpec, datasets_dir: Path, work_dir: Path, train_per_class: int | None,
-            test_per_class: int | None) -> Path:
+def prepare(
+    spec: DatasetSpec, datasets_dir: Path, work_dir: Path, train_per_class: int | None, test_per_class: int | None
+) -> Path:
     """Extracts the archive (once) and writes a manifest of the selected images."""
     extracted = work_dir / "data"
     if not (extracted / spec.top).is_dir():
@@ -141,11 +142,22 @@ def trained_model_path(args: argparse.Namespace, method: str) -> Path:
 def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
     # The lightly recipe: 0.06 x batch/128, or a fixed 0.06 where the method says so (SimSiam); --lr overrides it.
     lr = args.lr if args.lr is not None else method_class(method).peak_lr(0.06, args.batch_size)
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, momentum=0.9, weight_decay=5e-4,
-                       seed=args.seed, device=args.device, precision=args.precision, num_workers=args.num_workers)
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=lr,
+        momentum=0.9,
+        weight_decay=5e-4,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+        num_workers=args.num_workers,
+    )
 
 
-def knn_top1(backbone: torch.nn.Module, bank: ManifestDataset, queries: ManifestDataset, args: argparse.Namespace) -> float:
+def knn_top1(
+    backbone: torch.nn.Module, bank: ManifestDataset, queries: ManifestDataset, args: argparse.Namespace
+) -> float:
     device = resolve_device(args.device)
     backbone.to(device)
     bank_x, bank_y = compute_embeddings(backbone, bank, 512, args.num_workers, device, args.precision)
@@ -174,8 +186,14 @@ def recipe(name: str, spec: DatasetSpec) -> object:
     return default
 
 
-def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespace, teacher_path: Path | None,
-               random_init_top1: float) -> MethodResult:
+def run_method(
+    name: str,
+    spec: DatasetSpec,
+    root: Path,
+    args: argparse.Namespace,
+    teacher_path: Path | None,
+    random_init_top1: float,
+) -> MethodResult:
     norm = Normalization()
     bank, queries = evaluation_splits(spec, root)
     seed_everything(args.seed)
@@ -198,7 +216,9 @@ def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespac
         knn_log[str(stats.epoch)] = knn_top1(method.backbone, bank, queries, args)
         eval_seconds += time.perf_counter() - started
         log_path.write_text(json.dumps(knn_log, indent=2))
-        print(f"  {name} epoch {stats.epoch}: loss {stats.loss:.4f} kNN top-1 {knn_log[str(stats.epoch)]:.4f}", flush=True)
+        print(
+            f"  {name} epoch {stats.epoch}: loss {stats.loss:.4f} kNN top-1 {knn_log[str(stats.epoch)]:.4f}", flush=True
+        )
 
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -206,9 +226,15 @@ def run_method(name: str, spec: DatasetSpec, root: Path, args: argparse.Namespac
     reset_peak_host_memory()
     started = time.perf_counter()
     method_dir.mkdir(parents=True, exist_ok=True)
-    history = train(method, train_set, config, method_dir / "checkpoints", resume=args.resume,
-                    fingerprint=f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{args.seed}",
-                    on_epoch_end=evaluate_epoch)
+    history = train(
+        method,
+        train_set,
+        config,
+        method_dir / "checkpoints",
+        resume=args.resume,
+        fingerprint=f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{args.seed}",
+        on_epoch_end=evaluate_epoch,
+    )
     # Training time only: the per-epoch kNN runs inside the loop but is not training.
     result.train_seconds = time.perf_counter() - started - eval_seconds
     if device.type == "cuda":
@@ -232,7 +258,8 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         *[f"- `{command}`" for command in header.get("commands", [header.get("command")])],
         "",
         f"Train images: {header['train_images']}, test images: {header['test_images']}, "
-        f"backbone {header['backbone']}, batch {header['batch_size']}, {header['epochs']} epoch(s), {header['precision']}.",
+        f"backbone {header['backbone']}, batch {header['batch_size']}, {header['epochs']} epoch(s), "
+        f"{header['precision']}.",
         "",
         "| method | epochs | lr | kNN top-1 final | kNN top-1 best (epoch) | random init | train time (no eval) "
         "| peak GPU mem | peak host mem |",
@@ -242,10 +269,15 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         memory = f"{r.peak_gpu_memory_gb:.1f} GB" if r.peak_gpu_memory_gb is not None else "n/a (CPU)"
         host = f"{r.peak_host_memory_gb:.1f} GB" if r.peak_host_memory_gb is not None else "n/a"
         duration = f"{r.train_seconds:.0f} s" if r.train_seconds < 600 else f"{r.train_seconds / 60:.1f} min"
-        lines.append(f"| {r.method} | {r.epochs} | {r.lr:g} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
-                     f"{r.random_init_knn_top1:.4f} | {duration} | {memory} | {host} |")
-    lines += ["", "Peak host memory per method is the process's peak RSS while that method trained and was "
-              f"evaluated; over the whole run it was {header['peak_host_memory_gb']:.1f} GB."]
+        lines.append(
+            f"| {r.method} | {r.epochs} | {r.lr:g} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
+            f"{r.random_init_knn_top1:.4f} | {duration} | {memory} | {host} |"
+        )
+    lines += [
+        "",
+        "Peak host memory per method is the process's peak RSS while that method trained and was "
+        f"evaluated; over the whole run it was {header['peak_host_memory_gb']:.1f} GB.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -255,8 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="all", help=f"comma-separated subset of {','.join(ALL_METHODS)}")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=None,
-                        help="peak learning rate for every selected method (default: the lightly recipe)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate for every selected method (default: the lightly recipe)",
+    )
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--device", default="auto")
@@ -281,7 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     setup = {
         "dataset": args.dataset,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "backbone": spec.backbone,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
@@ -298,8 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in methods:
         teacher = None
         if method_class(name).needs_teacher:
-            candidates = [r for r in finished.values() if not method_class(r.method).needs_teacher
-                          and trained_model_path(args, r.method).exists()]
+            candidates = [
+                r
+                for r in finished.values()
+                if not method_class(r.method).needs_teacher and trained_model_path(args, r.method).exists()
+            ]
             if not candidates:
                 parser.error(f"{name} needs another method trained in this --work-dir to serve as its teacher")
             best = max(candidates, key=lambda r: r.final_knn_top1)
@@ -314,11 +355,15 @@ def main(argv: list[str] | None = None) -> None:
         **setup,
         "commands": previous_header.get("commands", []) + [command],
         # Each method reset the peak counter: the run's peak is the largest of theirs.
-        "peak_host_memory_gb": max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]
-                                   + [r.peak_host_memory_gb for r in results if r.peak_host_memory_gb is not None]),
+        "peak_host_memory_gb": max(
+            [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]
+            + [r.peak_host_memory_gb for r in results if r.peak_host_memory_gb is not None]
+        ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=2) + "\n")
+    (args.out / "results.json").write_text(
+        json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=2) + "\n"
+    )
     (args.out / "results.md").write_text(markdown(results, header))
     print(markdown(results, header))
 
@@ -332,8 +377,9 @@ def previous_results(out: Path, setup: dict, parser: argparse.ArgumentParser) ->
     if not path.exists():
         return {}, {}
     report = json.loads(path.read_text())
-    differs = {key: (report["header"].get(key), value) for key, value in setup.items()
-               if report["header"].get(key) != value}
+    differs = {
+        key: (report["header"].get(key), value) for key, value in setup.items() if report["header"].get(key) != value
+    }
     if differs:
         parser.error(f"{path} holds results of another setup ({differs}, as (there, now)); choose another --out")
     header = report["header"]

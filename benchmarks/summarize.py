@@ -24,8 +24,20 @@ from ssl_core.methods import METHOD_NAMES  # noqa: E402  (torch-free: the one li
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # kNN top-1 of the lightly CIFAR-10 benchmark: ResNet-18, 200 epochs, batch 512, RTX A6000.
-LIGHTLY_CIFAR10_200_EPOCHS = {"simclr": 0.848, "byol": 0.868, "moco": 0.847, "simsiam": 0.764, "dino": 0.813,
-                              "barlowtwins": 0.819}
+LIGHTLY_CIFAR10_200_EPOCHS = {
+    "simclr": 0.848,
+    "byol": 0.868,
+    "moco": 0.847,
+    "simsiam": 0.764,
+    "dino": 0.813,
+    "barlowtwins": 0.819,
+}
+
+
+def final_with_gain(result: dict) -> str:
+    """``0.302 (+0.039)``: final kNN top-1 and its gain over random init."""
+    final = result["final_knn_top1"]
+    return f"{final:.3f} ({final - result['random_init_knn_top1']:+.3f})"
 
 
 def load_runs(results_dir: Path) -> dict[str, dict]:
@@ -42,8 +54,11 @@ def plot_run(name: str, run: dict, path: Path) -> Path:
     random_init = run["results"][0]["random_init_knn_top1"]
     ax.axhline(random_init, color="gray", linestyle="--", label=f"random init {random_init:.3f}")
     header = run["header"]
-    ax.set(xlabel="epoch", ylabel="kNN top-1 (k=200)",
-           title=f"{name}: {header['backbone']}, {header['train_images']} train images, {header['device']}")
+    ax.set(
+        xlabel="epoch",
+        ylabel="kNN top-1 (k=200)",
+        title=f"{name}: {header['backbone']}, {header['train_images']} train images, {header['device']}",
+    )
     ax.title.set_fontsize(8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
@@ -55,10 +70,14 @@ def plot_run(name: str, run: dict, path: Path) -> Path:
 
 def overview(runs: dict[str, dict]) -> str:
     """Markdown: per dataset, methods as rows and runs as columns (final kNN, gain over random init)."""
-    lines = ["# Benchmark results", "",
-             "Written by `python benchmarks/summarize.py` from the `results.json` of each run folder; each folder's",
-             "`results.md` has the exact command, machine and timings. Cells: final-epoch kNN top-1",
-             "(k=200, t=0.1) and, in brackets, its gain over the same backbone at random init.", ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python benchmarks/summarize.py` from the `results.json` of each run folder; each folder's",
+        "`results.md` has the exact command, machine and timings. Cells: final-epoch kNN top-1",
+        "(k=200, t=0.1) and, in brackets, its gain over the same backbone at random init.",
+        "",
+    ]
     for dataset in sorted({run["header"]["dataset"] for run in runs.values()}):
         names = [name for name, run in runs.items() if run["header"]["dataset"] == dataset]
         columns = [f"[{name}]({name}/results.md)" for name in names]
@@ -66,18 +85,26 @@ def overview(runs: dict[str, dict]) -> str:
         lines += [f"## {dataset}", ""]
         for name in names:
             h = runs[name]["header"]
-            lines.append(f"- `{name}`: {h['device']}, {h['backbone']}, {h['train_images']} train / "
-                         f"{h['test_images']} test images, {h['epochs']} epoch(s), batch {h['batch_size']}, {h['precision']}.")
-        lines += ["", "| method | " + " | ".join(columns) + (" | lightly, 200 epochs |" if reference else " |"),
-                  "|---" * (len(columns) + 1 + reference) + "|"]
+            lines.append(
+                f"- `{name}`: {h['device']}, {h['backbone']}, {h['train_images']} train / "
+                f"{h['test_images']} test images, {h['epochs']} epoch(s), batch {h['batch_size']}, {h['precision']}."
+            )
+        lines += [
+            "",
+            "| method | " + " | ".join(columns) + (" | lightly, 200 epochs |" if reference else " |"),
+            "|---" * (len(columns) + 1 + reference) + "|",
+        ]
         for method in METHOD_NAMES:
             cells = []
             for name in names:
                 result = next((r for r in runs[name]["results"] if r["method"] == method), None)
-                cells.append("" if result is None else
-                             f"{result['final_knn_top1']:.3f} ({result['final_knn_top1'] - result['random_init_knn_top1']:+.3f})")
+                cells.append("" if result is None else final_with_gain(result))
             if any(cells):
-                extra = [f"{LIGHTLY_CIFAR10_200_EPOCHS[method]:.3f}" if method in LIGHTLY_CIFAR10_200_EPOCHS else ""] if reference else []
+                extra = (
+                    [f"{LIGHTLY_CIFAR10_200_EPOCHS[method]:.3f}" if method in LIGHTLY_CIFAR10_200_EPOCHS else ""]
+                    if reference
+                    else []
+                )
                 lines.append(f"| {method} | " + " | ".join(cells + extra) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -56,7 +56,8 @@ def module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
@@ -166,12 +167,19 @@ def lazy_project_imports(stage: Stage) -> list[str]:
             continue
         tree = ast.parse(path.read_text())
         module_level = {id(node) for node in _module_level_imports(tree)}
-        type_checking = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block)
-                         for n in ast.walk(block)}
+        type_checking = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and _is_type_checking(block)
+            for n in ast.walk(block)
+        }
         for node in ast.walk(tree):
-            if (isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in module_level
-                    and id(node) not in type_checking
-                    and any(module_file(n) for n in _imported_names(node, module_name(path), False))):
+            if (
+                isinstance(node, (ast.Import, ast.ImportFrom))
+                and id(node) not in module_level
+                and id(node) not in type_checking
+                and any(module_file(n) for n in _imported_names(node, module_name(path), False))
+            ):
                 found.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     return sorted(found)
 
@@ -204,8 +212,10 @@ def params_read_by_main(path: Path) -> ParamsRead:
             top = parents[id(top)]
             chain.append(top.attr)
         if not chain:
-            problems.append(f"{path.name}:{node.lineno}: main passes `{params_name}` on whole; "
-                            f"pass the sections it needs, so that the params it reads can be seen")
+            problems.append(
+                f"{path.name}:{node.lineno}: main passes `{params_name}` on whole; "
+                f"pass the sections it needs, so that the params it reads can be seen"
+            )
             continue
         field = Params.model_fields.get(chain[0])
         section = (field.alias or chain[0]) if field else chain[0]
@@ -251,18 +261,24 @@ def differences() -> list[str]:
         for option in stage.inputs:
             if not {option.default.as_posix(), option.required_path.as_posix()} & data_deps:
                 found.append(f"{stage.name}: input {option.default} (--{option.name}) is not in its dvc.yaml deps")
-        outs = {next(iter(o)) if isinstance(o, dict) else o
-                for kind in ("outs", "metrics", "plots") for o in entry.get(kind, [])}
+        outs = {
+            next(iter(o)) if isinstance(o, dict) else o
+            for kind in ("outs", "metrics", "plots")
+            for o in entry.get(kind, [])
+        }
         for option in stage.outputs:
             if not any(Path(o) == option.default or option.default in Path(o).parents for o in outs):
                 found.append(f"{stage.name}: output {option.default} (--{option.name}) is not among its dvc.yaml outs")
         read = params_read(stage)
         found += [f"{stage.name}: {problem}" for problem in read.problems]
         if sorted(entry.get("params", [])) != read.keys:
-            found.append(f"{stage.name}: params {sorted(entry.get('params', []))} in dvc.yaml, "
-                         f"but main reads {read.keys}")
-        found += [f"{stage.name}: lazy import of project code at {where} is invisible to DVC; "
-                  f"import at module level" for where in lazy_project_imports(stage)]
+            found.append(
+                f"{stage.name}: params {sorted(entry.get('params', []))} in dvc.yaml, but main reads {read.keys}"
+            )
+        found += [
+            f"{stage.name}: lazy import of project code at {where} is invisible to DVC; import at module level"
+            for where in lazy_project_imports(stage)
+        ]
     return found
 
 

@@ -9,8 +9,8 @@ blur (blurring a 32 px image destroys it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from PIL import Image

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -36,9 +37,7 @@ class ManifestDataset(Dataset):
         all_records = read_manifest(self.root / MANIFEST_NAME)
         self.class_names = sorted({r.label for r in all_records if r.label is not None})
         self._class_index = {name: i for i, name in enumerate(self.class_names)}
-        self.records: list[ManifestRecord] = [
-            r for r in all_records if splits is None or r.split in splits
-        ]
+        self.records: list[ManifestRecord] = [r for r in all_records if splits is None or r.split in splits]
         self.transform = transform
 
     def __len__(self) -> int:

@@ -15,9 +15,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,9 @@ def train(
     device = resolve_device(config.device)
     batch_size = min(config.batch_size, len(dataset))
     if batch_size < config.batch_size:
-        logger.warning("Dataset has %d images, fewer than batch_size=%d; using %d.", len(dataset), config.batch_size, batch_size)
+        logger.warning(
+            "Dataset has %d images, fewer than batch_size=%d; using %d.", len(dataset), config.batch_size, batch_size
+        )
     steps_per_epoch = len(dataset) // batch_size
     lr_schedule = cosine_schedule(config.lr, config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch)
 
@@ -197,7 +199,9 @@ def train(
             seconds=time.perf_counter() - started,
         )
         history.epochs.append(stats)
-        logger.info("epoch %d/%d loss %.4f std %.4f (%.0fs)", epoch + 1, config.epochs, mean_loss, embedding_std, stats.seconds)
+        logger.info(
+            "epoch %d/%d loss %.4f std %.4f (%.0fs)", epoch + 1, config.epochs, mean_loss, embedding_std, stats.seconds
+        )
         if stats.collapsed:
             logger.warning("Embeddings collapsed in epoch %d (std %.2e).", epoch + 1, embedding_std)
         _save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
@@ -206,8 +210,15 @@ def train(
     return history
 
 
-def _save_checkpoint(path: Path, epoch: int, method: SSLMethod, optimizer: torch.optim.Optimizer,
-                     history: TrainHistory, config: TrainConfig, fingerprint: str) -> None:
+def _save_checkpoint(
+    path: Path,
+    epoch: int,
+    method: SSLMethod,
+    optimizer: torch.optim.Optimizer,
+    history: TrainHistory,
+    config: TrainConfig,
+    fingerprint: str,
+) -> None:
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,

@@ -29,7 +29,7 @@ def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
     Buffers (BatchNorm statistics) are not averaged: as in the MoCo and BYOL
     reference code, the target keeps its own, updated by its forward passes.
     """
-    for p_target, p_online in zip(target.parameters(), online.parameters()):
+    for p_target, p_online in zip(target.parameters(), online.parameters(), strict=True):
         p_target.mul_(momentum).add_(p_online.detach(), alpha=1.0 - momentum)
 
 

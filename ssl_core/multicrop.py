@@ -22,7 +22,7 @@ Scaled for 32 px images (CIFAR-10), the defaults (:class:`~ssl_core.methods.reci
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from PIL import Image

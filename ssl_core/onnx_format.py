@@ -32,8 +32,14 @@ class OnnxMetadata:
 
     @classmethod
     def from_info(cls, info: EmbeddingModelInfo) -> OnnxMetadata:
-        return cls(info.image_size, info.normalization.mean, info.normalization.std,
-                   info.feature_dim, info.backbone, info.method)
+        return cls(
+            info.image_size,
+            info.normalization.mean,
+            info.normalization.std,
+            info.feature_dim,
+            info.backbone,
+            info.method,
+        )
 
     def to_props(self) -> dict[str, str]:
         return {
@@ -48,7 +54,7 @@ class OnnxMetadata:
         }
 
     @classmethod
-    def from_props(cls, props: dict[str, str]) -> "OnnxMetadata":
+    def from_props(cls, props: dict[str, str]) -> OnnxMetadata:
         try:
             return cls(
                 image_size=int(props["image_size"]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: str | torch.device, precision: str) -> ContextManager:
+def autocast(device: str | torch.device, precision: str) -> AbstractContextManager:
     """bf16 autocast for ``bf16-mixed`` (weights and optimizer stay fp32), else a no-op.
 
     bf16 needs no loss scaling, and on CPUs with AVX512-BF16 it trains the CIFAR

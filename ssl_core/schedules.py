@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 
-def cosine_schedule(base_value: float, total_steps: int, warmup_steps: int = 0, final_value: float = 0.0) -> list[float]:
+def cosine_schedule(
+    base_value: float, total_steps: int, warmup_steps: int = 0, final_value: float = 0.0
+) -> list[float]:
     """Linear warm-up from 0 to ``base_value``, then cosine decay to ``final_value``.
 
     SGDR without restarts (Loshchilov & Hutter, https://arxiv.org/abs/1608.03983),

@@ -100,27 +100,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", type=Path, default=layout.PARAMS, help="params file (default: params.yaml)")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param for this run only, e.g. --set pretrain.epochs=1 (repeatable; "
-                             "DVC does not see overrides, so prefer editing params.yaml for tracked runs)")
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param for this run only, e.g. --set pretrain.epochs=1 (repeatable; "
+        "DVC does not see overrides, so prefer editing params.yaml for tracked runs)",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for stage in STAGES:
         p = sub.add_parser(stage.name, parents=[common], help=stage.help)
         for option in stage.options:
-            p.add_argument(f"--{option.name}", type=Path, default=option.default,
-                           help=f"{option.help} (default: {option.default})")
+            p.add_argument(
+                f"--{option.name}", type=Path, default=option.default, help=f"{option.help} (default: {option.default})"
+            )
         p.set_defaults(handler=lambda params, args, stage=stage: run_stage(stage, params, args))
 
     p = sub.add_parser("serve", parents=[common], help="serve embeddings over HTTP from an ONNX model")
-    p.add_argument("--model", default=None,
-                   help="ONNX file or MLflow URI models:/<name>@<alias> "
-                        "(default: models:/<register.model_name>@champion)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="ONNX file or MLflow URI models:/<name>@<alias> (default: models:/<register.model_name>@champion)",
+    )
     p.add_argument("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
-    p.add_argument("--cache", type=Path, default=layout.SERVING_CACHE,
-                   help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=layout.SERVING_CACHE,
+        help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})",
+    )
     p.set_defaults(handler=serve)
 
     p = sub.add_parser("run", parents=[common], help="run every stage in order (no DVC, no Prefect)")
@@ -144,8 +157,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for chatty in ("onnxscript", "onnx_ir", "alembic"):  # per-pass INFO lines drown the pipeline's own
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:

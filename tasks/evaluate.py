@@ -40,8 +40,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
     run(params.evaluate, params.data.train_split, params.data.test_split, args.data, args.model, args.out)
 
 
-def run(evaluate: EvaluateParams, train_split: str, test_split: str, ingested: Path, student_dir: Path,
-        out_dir: Path) -> dict:
+def run(
+    evaluate: EvaluateParams, train_split: str, test_split: str, ingested: Path, student_dir: Path, out_dir: Path
+) -> dict:
     """kNN of the student and of a random-init twin: ``train_split`` is the bank, ``test_split`` the queries."""
     backbone, info = load_embedding_model(student_dir / MODEL_FILE)
     transform = eval_transform(info.image_size, info.normalization)
@@ -57,7 +58,10 @@ def run(evaluate: EvaluateParams, train_split: str, test_split: str, ingested: P
     seed_everything(evaluate.baseline_seed)
     random_backbone = build_backbone(info.backbone, info.image_size).module
 
-    results = {"student": _knn(backbone, bank, queries, evaluate), "random_init": _knn(random_backbone, bank, queries, evaluate)}
+    results = {
+        "student": _knn(backbone, bank, queries, evaluate),
+        "random_init": _knn(random_backbone, bank, queries, evaluate),
+    }
     history = json.loads((student_dir / "history.json").read_text())
     metrics = {
         "student": {"top1": results["student"].top1, "top5": results["student"].top5},
@@ -77,14 +81,25 @@ def run(evaluate: EvaluateParams, train_split: str, test_split: str, ingested: P
     return metrics
 
 
-def _knn(backbone: torch.nn.Module, bank: ManifestDataset, queries: ManifestDataset, evaluate: EvaluateParams) -> KNNResult:
+def _knn(
+    backbone: torch.nn.Module, bank: ManifestDataset, queries: ManifestDataset, evaluate: EvaluateParams
+) -> KNNResult:
     device = resolve_device(evaluate.device)
     backbone.to(device)
     embeddings = []
     with tqdm(total=len(bank) + len(queries), desc="embed", unit="img", mininterval=1.0) as bar:
         for dataset in (bank, queries):
-            embeddings.append(compute_embeddings(backbone, dataset, evaluate.batch_size, evaluate.num_workers,
-                                                 device, evaluate.precision, on_batch=bar.update))
+            embeddings.append(
+                compute_embeddings(
+                    backbone,
+                    dataset,
+                    evaluate.batch_size,
+                    evaluate.num_workers,
+                    device,
+                    evaluate.precision,
+                    on_batch=bar.update,
+                )
+            )
     (bank_x, bank_y), (query_x, query_y) = embeddings
     return knn_evaluate(bank_x, bank_y, query_x, query_y, len(bank.class_names), evaluate.k, evaluate.temperature)
 

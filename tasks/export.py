@@ -18,8 +18,8 @@ import torch
 from ssl_core.augment import eval_transform
 from ssl_core.data import ManifestDataset
 from ssl_core.export import export_onnx, max_abs_difference
-from ssl_core.onnx_format import OnnxMetadata
 from ssl_core.model_file import load_embedding_model
+from ssl_core.onnx_format import OnnxMetadata
 from tasks.errors import UserError
 from tasks.layout import MODEL_FILE, ONNX_FILE
 from tasks.params import ExportParams, Params
@@ -41,7 +41,9 @@ def run(export: ExportParams, test_split: str, ingested: Path, student_dir: Path
     metadata = OnnxMetadata.from_info(info)
     path = export_onnx(backbone, metadata, out_dir / ONNX_FILE, export.opset)
 
-    dataset = ManifestDataset(ingested, splits=[test_split], transform=eval_transform(info.image_size, info.normalization))
+    dataset = ManifestDataset(
+        ingested, splits=[test_split], transform=eval_transform(info.image_size, info.normalization)
+    )
     if len(dataset) == 0:
         dataset = ManifestDataset(ingested, transform=dataset.transform)
     count = min(export.num_check_images, len(dataset))

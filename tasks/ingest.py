@@ -26,9 +26,9 @@ import stat
 import tarfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -110,7 +110,9 @@ def run(params: IngestParams, out_dir: Path) -> IngestReport:
     if report.quarantined or report.refused:
         logger.warning(
             "%d files quarantined, %d files or archive members refused: see %s",
-            len(report.quarantined), len(report.refused), out_dir / REPORT_NAME,
+            len(report.quarantined),
+            len(report.refused),
+            out_dir / REPORT_NAME,
         )
     return report
 
@@ -205,8 +207,15 @@ def _special_file_reason(entry: os.DirEntry[str]) -> str:
         mode = entry.stat(follow_symlinks=False).st_mode
     except OSError:  # gone since the folder was listed: still never read
         mode = 0
-    kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
-            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+    kind = (
+        "FIFO"
+        if stat.S_ISFIFO(mode)
+        else "socket"
+        if stat.S_ISSOCK(mode)
+        else "device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "special file"
+    )
     # Reading a FIFO blocks until a writer appears; a device can be endless (/dev/zero).
     return f"{kind}: never read"
 
@@ -282,7 +291,7 @@ def iter_torchvision_cifar10(root: Path) -> Iterator[SourceFile]:
                     f"Copy cifar-10-python.tar.gz there, or use an image folder."
                 ) from None
         counters: dict[int, int] = {}
-        for image, label in zip(dataset.data, dataset.targets):
+        for image, label in zip(dataset.data, dataset.targets, strict=True):
             index = counters.get(label, 0)
             counters[label] = index + 1
             buffer = io.BytesIO()
@@ -307,8 +316,10 @@ def decode_error(data: bytes, max_pixels: int) -> tuple[str | None, tuple[int, i
             with Image.open(io.BytesIO(data)) as image:
                 # Checked from the header, before any pixel is decoded.
                 if image.width * image.height > max_pixels:
-                    return (f"DecompressionBomb: {image.width}x{image.height} pixels exceeds "
-                            f"ingest.max_image_pixels = {max_pixels}"), (0, 0)
+                    return (
+                        f"DecompressionBomb: {image.width}x{image.height} pixels exceeds "
+                        f"ingest.max_image_pixels = {max_pixels}"
+                    ), (0, 0)
                 image.load()  # decode every pixel: truncated files fail here, not in training
                 return None, image.size
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

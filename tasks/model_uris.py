@@ -29,7 +29,9 @@ class RegistryError(UserError):
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/name@alias`` -> (name, alias, None); ``models:/name/3`` -> (name, None, "3")."""
     if not uri.startswith("models:/"):
-        raise RegistryError(f"{uri!r} is not a model registry URI (models:/<name>@<alias> or models:/<name>/<version>).")
+        raise RegistryError(
+            f"{uri!r} is not a model registry URI (models:/<name>@<alias> or models:/<name>/<version>)."
+        )
     body = uri.removeprefix("models:/").strip("/")
     if "@" in body:
         name, alias = body.split("@", 1)
@@ -60,9 +62,12 @@ def download_checkpoint(uri: str, destination: Path, project_dir: Path = Path(".
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
-                run_id=version.run_id, artifact_path=f"{CHECKPOINT_ARTIFACT}/{MODEL_FILE}", dst_path=tmp)
+                run_id=version.run_id, artifact_path=f"{CHECKPOINT_ARTIFACT}/{MODEL_FILE}", dst_path=tmp
+            )
         except (MlflowException, OSError) as error:
-            raise RegistryError(f"{uri}: its run {version.run_id} has no {CHECKPOINT_ARTIFACT}/{MODEL_FILE} ({error}).") from None
+            raise RegistryError(
+                f"{uri}: its run {version.run_id} has no {CHECKPOINT_ARTIFACT}/{MODEL_FILE} ({error})."
+            ) from None
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local, destination)
     return destination

@@ -244,9 +244,11 @@ class Params(_Section):
     serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Params":
+    def _consistent(self) -> Params:
         if self.data.train_split == self.data.test_split:
-            raise ValueError(f"data.train_split and data.test_split are both {self.data.train_split!r}; they must differ")
+            raise ValueError(
+                f"data.train_split and data.test_split are both {self.data.train_split!r}; they must differ"
+            )
         return self
 
 

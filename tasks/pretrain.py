@@ -131,7 +131,9 @@ def run(
     backbone = build_backbone(training.backbone, data.image_size)
     method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
     dataset.transform = method.train_transform(view_config(trained, training, data), normalization(data))
-    lr = trained.peak_lr(training.base_lr, training.batch_size, None if training.scale_lr == "auto" else training.scale_lr)
+    lr = trained.peak_lr(
+        training.base_lr, training.batch_size, None if training.scale_lr == "auto" else training.scale_lr
+    )
     config = TrainConfig(
         epochs=training.epochs,
         batch_size=training.batch_size,
@@ -144,19 +146,25 @@ def run(
         precision=training.precision,
         num_workers=training.num_workers,
     )
-    resolved = {"training": training.model_dump(mode="json"), "data": data.model_dump(mode="json"),
-                "lr": lr, "teacher": teacher.description if teacher else None}
+    resolved = {
+        "training": training.model_dump(mode="json"),
+        "data": data.model_dump(mode="json"),
+        "lr": lr,
+        "teacher": teacher.description if teacher else None,
+    }
     fingerprint = _fingerprint(resolved, ingested)
 
     steps_total = config.epochs * max(1, len(dataset) // min(config.batch_size, len(dataset)))
     with tqdm(total=steps_total, desc=f"pretrain {training.method}", unit="step") as bar:
+
         def on_step(info: StepInfo) -> None:
             bar.n = info.epoch * info.steps_per_epoch + info.step_in_epoch + 1
             bar.set_postfix(epoch=info.epoch + 1, loss=f"{info.loss:.3f}", lr=f"{info.lr:.3g}", refresh=False)
             bar.refresh()
 
-        history = train(method, dataset, config, checkpoint_dir, resume=training.resume,
-                        fingerprint=fingerprint, on_step=on_step)
+        history = train(
+            method, dataset, config, checkpoint_dir, resume=training.resume, fingerprint=fingerprint, on_step=on_step
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     info = EmbeddingModelInfo(
@@ -173,7 +181,9 @@ def run(
     (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     plot_training_history(history, out_dir / "training.png", title=f"{training.method} / {training.backbone}")
     if history.epochs and history.epochs[-1].collapsed:
-        logger.warning("The embeddings collapsed (see %s): lower the learning rate or change the method.", out_dir / "history.json")
+        logger.warning(
+            "The embeddings collapsed (see %s): lower the learning rate or change the method.", out_dir / "history.json"
+        )
     return PretrainResult(model_path, history)
 
 

@@ -29,8 +29,8 @@ import onnx
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from ssl_core.onnx_format import INPUT_NAME, OUTPUT_NAME, onnx_session, read_onnx_metadata
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
+from ssl_core.onnx_format import INPUT_NAME, OUTPUT_NAME, onnx_session, read_onnx_metadata
 from tasks.layout import METRICS_FILE, ONNX_FILE
 from tasks.mlflow_setup import connect, ensure_experiment
 from tasks.model_uris import CHECKPOINT_ARTIFACT
@@ -47,8 +47,15 @@ def main(params: Params, args: argparse.Namespace) -> None:
     run(params.registry, args.data, args.model, args.evaluation, args.onnx, args.out)
 
 
-def run(register: RegisterParams, ingested: Path, student_dir: Path, evaluation_dir: Path, onnx_dir: Path,
-        out_path: Path, project_dir: Path = Path(".")) -> dict[str, Any]:
+def run(
+    register: RegisterParams,
+    ingested: Path,
+    student_dir: Path,
+    evaluation_dir: Path,
+    onnx_dir: Path,
+    out_path: Path,
+    project_dir: Path = Path("."),
+) -> dict[str, Any]:
     """Logs, registers and aliases; writes a summary to ``out_path``."""
     client = connect(project_dir)
     experiment_id = ensure_experiment(register.experiment, project_dir)
@@ -69,7 +76,9 @@ def run(register: RegisterParams, ingested: Path, student_dir: Path, evaluation_
         mlflow.log_params(logged_params)
         mlflow.log_metrics(flat_metrics(metrics))
         for epoch in history["epochs"]:
-            mlflow.log_metrics({"train_loss": epoch["loss"], "embedding_std": epoch["embedding_std"]}, step=epoch["epoch"])
+            mlflow.log_metrics(
+                {"train_loss": epoch["loss"], "embedding_std": epoch["embedding_std"]}, step=epoch["epoch"]
+            )
         mlflow.log_artifacts(str(student_dir), CHECKPOINT_ARTIFACT)
         mlflow.log_artifacts(str(evaluation_dir), "evaluation")
         mlflow.log_artifact(str(ingested / "ingest_report.json"), "data")
@@ -110,8 +119,14 @@ def log_onnx(path: Path, registered_name: str):
         signature=signature,
         registered_model_name=registered_name,
         save_as_external_data=False,
-        metadata={"image_size": metadata.image_size, "mean": list(metadata.mean), "std": list(metadata.std),
-                  "embedding_dim": metadata.embedding_dim, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME},
+        metadata={
+            "image_size": metadata.image_size,
+            "mean": list(metadata.mean),
+            "std": list(metadata.std),
+            "embedding_dim": metadata.embedding_dim,
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+        },
     )
 
 
@@ -133,11 +148,14 @@ def maybe_promote(client, name: str, version: str, top1: float, margin: float) -
 
 def git_commit(project_dir: Path) -> str:
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_dir,
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_dir, capture_output=True, text=True
+    ).stdout.strip()
     return result.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -153,5 +171,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k.replace("/", "_"): float(v) for k, v in flatten(metrics).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k.replace("/", "_"): float(v)
+        for k, v in flatten(metrics).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }

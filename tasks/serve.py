@@ -73,8 +73,10 @@ def create_app(model: ServedModel, params: ServeParams = ServeParams()) -> FastA
         # Checked before the body is read: an oversized upload never reaches memory.
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
-            return JSONResponse(status_code=413, content={
-                "detail": f"Upload of {int(length)} bytes exceeds the {params.max_upload_mb} MB limit."})
+            return JSONResponse(
+                status_code=413,
+                content={"detail": f"Upload of {int(length)} bytes exceeds the {params.max_upload_mb} MB limit."},
+            )
         return await call_next(request)
 
     @app.get("/health")
@@ -91,7 +93,9 @@ def create_app(model: ServedModel, params: ServeParams = ServeParams()) -> FastA
     def embed(request: Request, files: list[UploadFile] = File(..., description="One or more image files.")) -> dict:
         # Plain def: FastAPI runs it in the thread pool, so inference never blocks the event loop.
         if len(files) > params.max_images_per_request:
-            raise HTTPException(413, f"{len(files)} images in one request; the limit is {params.max_images_per_request}.")
+            raise HTTPException(
+                413, f"{len(files)} images in one request; the limit is {params.max_images_per_request}."
+            )
         images = []
         total = 0
         for upload in files:

@@ -64,27 +64,58 @@ DATA = PathOption("data", layout.INGESTED, "ingested dataset", requires=layout.M
 STUDENT = PathOption("model", layout.STUDENT, "model folder of the pretrain stage", requires=layout.MODEL_FILE)
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "tasks.ingest", "decode and catalogue the images of ingest.source",
-          outputs=(PathOption("out", layout.INGESTED, "output folder: images/, manifest.csv, ingest_report.json"),)),
-    Stage("teacher", "tasks.teacher", "prepare the distillation teacher (teacher.source)",
-          inputs=(DATA,),
-          outputs=(PathOption("out", layout.TEACHER, "teacher folder"),
-                   PathOption("checkpoints", layout.TEACHER_CHECKPOINTS, "epoch checkpoints, kept for resume"))),
-    Stage("pretrain", "tasks.pretrain", "self-supervised pretraining of the student (pretrain.*)",
-          inputs=(DATA, PathOption("teacher", layout.TEACHER, "prepared teacher folder", requires=layout.TEACHER_SPEC)),
-          outputs=(PathOption("out", layout.STUDENT, "model folder: model.pt, history.json, training.png"),
-                   PathOption("checkpoints", layout.STUDENT_CHECKPOINTS, "epoch checkpoints, kept for resume"))),
-    Stage("evaluate", "tasks.evaluate", "kNN accuracy of the student and of a random-init baseline",
-          inputs=(DATA, STUDENT),
-          outputs=(PathOption("out", layout.EVALUATION, "metrics.json, per_class.json, knn.png"),)),
-    Stage("export", "tasks.export", "export the student to ONNX and check it against PyTorch",
-          inputs=(DATA, STUDENT),
-          outputs=(PathOption("out", layout.ONNX_DIR, "model.onnx, export_report.json"),)),
-    Stage("register", "tasks.register", "log to MLflow, register the ONNX model, set aliases",
-          inputs=(DATA, STUDENT,
-                  PathOption("evaluation", layout.EVALUATION, "evaluation folder", requires=layout.METRICS_FILE),
-                  PathOption("onnx", layout.ONNX_DIR, "ONNX folder", requires=layout.ONNX_FILE)),
-          outputs=(PathOption("out", layout.REGISTRATION, "registration summary"),)),
+    Stage(
+        "ingest",
+        "tasks.ingest",
+        "decode and catalogue the images of ingest.source",
+        outputs=(PathOption("out", layout.INGESTED, "output folder: images/, manifest.csv, ingest_report.json"),),
+    ),
+    Stage(
+        "teacher",
+        "tasks.teacher",
+        "prepare the distillation teacher (teacher.source)",
+        inputs=(DATA,),
+        outputs=(
+            PathOption("out", layout.TEACHER, "teacher folder"),
+            PathOption("checkpoints", layout.TEACHER_CHECKPOINTS, "epoch checkpoints, kept for resume"),
+        ),
+    ),
+    Stage(
+        "pretrain",
+        "tasks.pretrain",
+        "self-supervised pretraining of the student (pretrain.*)",
+        inputs=(DATA, PathOption("teacher", layout.TEACHER, "prepared teacher folder", requires=layout.TEACHER_SPEC)),
+        outputs=(
+            PathOption("out", layout.STUDENT, "model folder: model.pt, history.json, training.png"),
+            PathOption("checkpoints", layout.STUDENT_CHECKPOINTS, "epoch checkpoints, kept for resume"),
+        ),
+    ),
+    Stage(
+        "evaluate",
+        "tasks.evaluate",
+        "kNN accuracy of the student and of a random-init baseline",
+        inputs=(DATA, STUDENT),
+        outputs=(PathOption("out", layout.EVALUATION, "metrics.json, per_class.json, knn.png"),),
+    ),
+    Stage(
+        "export",
+        "tasks.export",
+        "export the student to ONNX and check it against PyTorch",
+        inputs=(DATA, STUDENT),
+        outputs=(PathOption("out", layout.ONNX_DIR, "model.onnx, export_report.json"),),
+    ),
+    Stage(
+        "register",
+        "tasks.register",
+        "log to MLflow, register the ONNX model, set aliases",
+        inputs=(
+            DATA,
+            STUDENT,
+            PathOption("evaluation", layout.EVALUATION, "evaluation folder", requires=layout.METRICS_FILE),
+            PathOption("onnx", layout.ONNX_DIR, "ONNX folder", requires=layout.ONNX_FILE),
+        ),
+        outputs=(PathOption("out", layout.REGISTRATION, "registration summary"),),
+    ),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

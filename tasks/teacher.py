@@ -45,13 +45,16 @@ def main(params: Params, args: argparse.Namespace) -> None:
     run(params.teacher, params.pretrain.method, params.data, args.data, args.out, args.checkpoints)
 
 
-def run(teacher: TeacherParams, student_method: str, data: DataParams, ingested: Path, out_dir: Path,
-        checkpoint_dir: Path) -> dict:
+def run(
+    teacher: TeacherParams, student_method: str, data: DataParams, ingested: Path, out_dir: Path, checkpoint_dir: Path
+) -> dict:
     """Prepares the teacher of a ``student_method`` student in ``out_dir`` and returns its spec."""
     source = teacher.source
     if source == "pretrain" and method_class(teacher.method).needs_teacher:
-        raise ParamsError(f"teacher.method = {teacher.method!r}: a teacher pretrained here cannot itself need a "
-                          f"teacher; use a method that learns alone, e.g. 'simclr'")
+        raise ParamsError(
+            f"teacher.method = {teacher.method!r}: a teacher pretrained here cannot itself need a "
+            f"teacher; use a method that learns alone, e.g. 'simclr'"
+        )
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)

@@ -64,10 +64,14 @@ def cifar10_archive(train_per_class: int, test_per_class: int) -> Path:
             return source.path
     missing = [source for source in SOURCES if source.has(train_per_class, test_per_class)]
     if not missing:
-        raise ValueError(f"CIFAR-10 has {FULL.train_per_class} train + {FULL.test_per_class} test images per class, "
-                         f"not {train_per_class} + {test_per_class}")
-    reason = (f"{' and '.join(str(source.path) for source in missing)} not found: this test asks for "
-              f"{train_per_class} train + {test_per_class} test images per CIFAR-10 class")
+        raise ValueError(
+            f"CIFAR-10 has {FULL.train_per_class} train + {FULL.test_per_class} test images per class, "
+            f"not {train_per_class} + {test_per_class}"
+        )
+    reason = (
+        f"{' and '.join(str(source.path) for source in missing)} not found: this test asks for "
+        f"{train_per_class} train + {test_per_class} test images per CIFAR-10 class"
+    )
     if SHIPPED not in missing:
         reason += f"; the shipped subset has {SHIPPED.train_per_class} + {SHIPPED.test_per_class}"
     if in_ci():
@@ -85,7 +89,20 @@ def cut_cifar10(output: Path, train_per_class: int, test_per_class: int, top: st
         top: the top-level folder inside the archive (``cifar10`` for the benchmark's layout).
     """
     source = cifar10_archive(train_per_class, test_per_class)
-    subprocess.run([sys.executable, str(CUT_SCRIPT), str(source), str(output), "--train-per-class",
-                    str(train_per_class), "--test-per-class", str(test_per_class), "--top", top],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(CUT_SCRIPT),
+            str(source),
+            str(output),
+            "--train-per-class",
+            str(train_per_class),
+            "--test-per-class",
+            str(test_per_class),
+            "--top",
+            top,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return output

@@ -28,10 +28,33 @@ def datasets_dir(tmp_path: Path) -> Path:
 
 
 def run_benchmark(tmp_path: Path, datasets_dir: Path, *options: str) -> None:
-    main(["--dataset", "cifar10", "--batch-size", "32", "--lr", "0.02", "--train-per-class", str(TRAIN_PER_CLASS),
-          "--test-per-class", str(TEST_PER_CLASS), "--num-workers", "0", "--precision", "fp32", "--device", "cpu",
-          "--datasets", str(datasets_dir), "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
-          *options])
+    main(
+        [
+            "--dataset",
+            "cifar10",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.02",
+            "--train-per-class",
+            str(TRAIN_PER_CLASS),
+            "--test-per-class",
+            str(TEST_PER_CLASS),
+            "--num-workers",
+            "0",
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+            "--datasets",
+            str(datasets_dir),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+            *options,
+        ]
+    )
 
 
 def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path, datasets_dir: Path) -> None:

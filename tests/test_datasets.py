@@ -26,8 +26,10 @@ def test_the_shipped_subset_has_the_layout_and_counts_the_tests_rely_on() -> Non
 @pytest.fixture
 def full_archive_at(monkeypatch: pytest.MonkeyPatch):
     """Points the full archive's source at another path for one test."""
+
     def point(path: Path) -> None:
         monkeypatch.setattr(datasets, "SOURCES", (replace(FULL, path=path), SHIPPED))
+
     return point
 
 
@@ -37,18 +39,23 @@ def test_the_full_archive_is_preferred_when_present(full_archive_at, tmp_path: P
     assert cifar10_archive(8, 0) == tmp_path / "cifar10-jpeg.tar.gz"
 
 
-def test_without_the_full_archive_the_shipped_subset_serves_what_it_can(full_archive_at, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_full_archive_the_shipped_subset_serves_what_it_can(
+    full_archive_at, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     full_archive_at(tmp_path / "cifar10-jpeg.tar.gz")
     monkeypatch.delenv("CI", raising=False)
     assert cifar10_archive(SHIPPED.train_per_class, SHIPPED.test_per_class) == SHIPPED.path
-    with pytest.raises(pytest.skip.Exception, match=r"cifar10-jpeg.tar.gz not found: this test asks for 200 train "
-                                                    r"\+ 1000 test images per CIFAR-10 class; the shipped subset"):
+    with pytest.raises(
+        pytest.skip.Exception,
+        match=r"cifar10-jpeg.tar.gz not found: this test asks for 200 train "
+        r"\+ 1000 test images per CIFAR-10 class; the shipped subset",
+    ):
         cifar10_archive(200, 1000)
 
 
-def test_in_ci_a_missing_archive_fails_the_test(full_archive_at, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_ci_a_missing_archive_fails_the_test(
+    full_archive_at, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     full_archive_at(tmp_path / "cifar10-jpeg.tar.gz")
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="cifar10-jpeg.tar.gz not found.*CI=true"):

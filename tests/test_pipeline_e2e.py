@@ -36,8 +36,13 @@ TINY = {
 
 def make_project(destination: Path, archive: Path) -> Path:
     """A copy of this repository's tracked files, on the tiny dataset, as a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for relative in listed:
         if (REPO_ROOT / relative).is_file():
             (destination / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +52,11 @@ def make_project(destination: Path, archive: Path) -> Path:
     for section, values in TINY.items():
         params[section].update(values)
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "init"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "init"],
+    ):
         subprocess.run(command, cwd=destination, check=True)
     return destination
 
@@ -64,7 +72,9 @@ def environment(project: Path) -> dict[str, str]:
 def sh(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=project, env=environment(project), capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -87,8 +97,14 @@ def first_metrics(project: Path) -> dict:
 def test_dvc_repro_runs_the_whole_chain(project: Path, first_metrics: dict) -> None:
     assert 0.0 < first_metrics["student"]["top1"] <= 1.0 and 0.0 < first_metrics["random_init"]["top1"] <= 1.0
     assert first_metrics["num_bank"] == 200 and first_metrics["num_queries"] == 100
-    for output in ("data/ingested/manifest.csv", "models/teacher/model.pt", "models/student/model.pt",
-                   "models/student/training.png", "reports/evaluate/knn.png", "models/onnx/model.onnx"):
+    for output in (
+        "data/ingested/manifest.csv",
+        "models/teacher/model.pt",
+        "models/student/model.pt",
+        "models/student/training.png",
+        "reports/evaluate/knn.png",
+        "models/onnx/model.onnx",
+    ):
         assert (project / output).is_file(), output
     export = json.loads((project / "models/onnx/export_report.json").read_text())
     assert export["max_abs_difference"] <= export["tolerance"]
@@ -103,7 +119,9 @@ def test_second_repro_is_a_no_op(project: Path, first_metrics: dict) -> None:
 
 def test_prefect_flow_reports_every_stage_cached(project: Path, first_metrics: dict) -> None:
     result = sh(project, sys.executable, "-m", "flows.pipeline")
-    lines = dict(line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGE_NAMES)
+    lines = dict(
+        line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGE_NAMES
+    )
     assert lines == {stage: "Cached" for stage in STAGE_NAMES}
 
 
@@ -135,8 +153,9 @@ def test_editing_a_file_makes_exactly_the_stages_that_import_it_stale(project: P
     """
     from dvc.repo import Repo
 
-    imports = {s.name: {p.relative_to(REPO_ROOT).as_posix() for p in import_closure(CLI_MODULE, s.module)}
-               for s in STAGES}
+    imports = {
+        s.name: {p.relative_to(REPO_ROOT).as_posix() for p in import_closure(CLI_MODULE, s.module)} for s in STAGES
+    }
     assert "ssl_core/knn.py" in imports["evaluate"]
     assert "ssl_core/knn.py" not in imports["teacher"] | imports["pretrain"]
     sh(project, "dvc", "repro")  # earlier tests may have changed params
@@ -158,7 +177,9 @@ def test_editing_a_file_makes_exactly_the_stages_that_import_it_stale(project: P
     assert wrong == [], "\n".join(wrong)
 
 
-def test_served_champion_equals_the_onnx_file(project: Path, first_metrics: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_served_champion_equals_the_onnx_file(
+    project: Path, first_metrics: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fastapi.testclient import TestClient
     from PIL import Image
 
@@ -180,11 +201,20 @@ def test_registered_model_serves_as_distillation_teacher(project: Path, first_me
 
     from ssl_core.model_file import load_embedding_model
 
-    sh(project, "sslpipe", "teacher", "--set", "teacher.source=models:/ssl-embedder@champion",
-       "--out", str(tmp_path / "teacher"), "--checkpoints", str(tmp_path / "ckpt"))
+    sh(
+        project,
+        "sslpipe",
+        "teacher",
+        "--set",
+        "teacher.source=models:/ssl-embedder@champion",
+        "--out",
+        str(tmp_path / "teacher"),
+        "--checkpoints",
+        str(tmp_path / "ckpt"),
+    )
     teacher, _ = load_embedding_model(tmp_path / "teacher/model.pt")
     student, _ = load_embedding_model(project / "models/student/model.pt")
-    for (name, a), (_, b) in zip(teacher.state_dict().items(), student.state_dict().items()):
+    for (name, a), (_, b) in zip(teacher.state_dict().items(), student.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -193,12 +223,21 @@ def test_bad_input_gets_one_line_errors(project: Path, first_metrics: dict, tmp_
     assert result.returncode == 2
     assert "pretrain.method = 'mocov9'" in result.stderr and "'distillation'" in result.stderr
     assert "Traceback" not in result.stderr
-    result = sh(project, "sslpipe", "pretrain", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "s"),
-                check=False)
+    result = sh(
+        project, "sslpipe", "pretrain", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "s"), check=False
+    )
     assert result.returncode == 2 and "teacher.json not found: run `sslpipe teacher` first" in result.stderr
     (tmp_path / "empty").mkdir()
-    result = sh(project, "sslpipe", "ingest", "--set", f"ingest.source={tmp_path / 'empty'}", "--out",
-                str(tmp_path / "ing"), check=False)
+    result = sh(
+        project,
+        "sslpipe",
+        "ingest",
+        "--set",
+        f"ingest.source={tmp_path / 'empty'}",
+        "--out",
+        str(tmp_path / "ing"),
+        check=False,
+    )
     assert result.returncode == 2 and "is empty" in result.stderr
 
 

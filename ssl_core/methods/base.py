@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -72,8 +73,9 @@ class SSLMethod(nn.Module):
         self.feature_dim = feature_dim
 
     @classmethod
-    def build(cls, backbone: Backbone, recipe: Any = None, teacher: Teacher | None = None,
-              num_images: int = 0) -> SSLMethod:
+    def build(
+        cls, backbone: Backbone, recipe: Any = None, teacher: Teacher | None = None, num_images: int = 0
+    ) -> SSLMethod:
         """The method around ``backbone`` with ``recipe`` (default: the recipe's defaults).
 
         Args:

@@ -15,8 +15,7 @@ teacher's outputs, updated explicitly after each loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +49,10 @@ class DINOProjectionHead(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, bottleneck_dim: int, output_dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(input_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(input_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
         for layer in self.mlp:

@@ -63,7 +63,9 @@ class Distillation(SSLMethod):
     ) -> None:
         super().__init__(backbone, feature_dim)
         if config.queue_size == "auto":
-            raise ValueError("queue_size = 'auto': resolve it for the dataset first (DistillationConfig.resolved_queue_size)")
+            raise ValueError(
+                "queue_size = 'auto': resolve it for the dataset first (DistillationConfig.resolved_queue_size)"
+            )
         self.teacher = teacher.eval().requires_grad_(False)
         self.student_head = nn.Linear(feature_dim, teacher_dim)
         nn.init.trunc_normal_(self.student_head.weight, std=0.02)
@@ -75,8 +77,13 @@ class Distillation(SSLMethod):
         self.register_buffer("queue", torch.zeros(config.queue_size, teacher_dim))
 
     @classmethod
-    def build(cls, backbone: Backbone, recipe: DistillationConfig | None = None, teacher: Teacher | None = None,
-              num_images: int = 0) -> Distillation:
+    def build(
+        cls,
+        backbone: Backbone,
+        recipe: DistillationConfig | None = None,
+        teacher: Teacher | None = None,
+        num_images: int = 0,
+    ) -> Distillation:
         """Distills ``teacher`` into ``backbone``; an ``"auto"`` queue is sized for ``num_images``."""
         recipe = cls.checked_recipe(recipe)
         if teacher is None:
@@ -84,7 +91,7 @@ class Distillation(SSLMethod):
         resolved = replace(recipe, queue_size=recipe.resolved_queue_size(num_images))
         return cls(backbone.module, backbone.feature_dim, teacher.module, teacher.embedding_dim, resolved)
 
-    def train(self, mode: bool = True) -> "Distillation":
+    def train(self, mode: bool = True) -> Distillation:
         super().train(mode)
         self.teacher.eval()  # BatchNorm/Dropout of the teacher stay frozen.
         return self
@@ -92,7 +99,6 @@ class Distillation(SSLMethod):
     @torch.no_grad()
     def embed_teacher(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.teacher(images).flatten(1).float(), dim=1)  # (B, D)
-
 
     @torch.no_grad()
     def enqueue(self, teacher_embeddings: torch.Tensor) -> None:

@@ -39,7 +39,9 @@ def _classes_by_name() -> dict[str, type[SSLMethod]]:
     by_recipe = {cls.recipe: cls for cls in IMPLEMENTATIONS}
     missing = [name for name, recipe in RECIPES.items() if recipe not in by_recipe]
     if missing or len(by_recipe) != len(RECIPES):
-        raise ImportError(f"ssl_core.methods: every recipe needs exactly one class in IMPLEMENTATIONS; missing {missing}")
+        raise ImportError(
+            f"ssl_core.methods: every recipe needs exactly one class in IMPLEMENTATIONS; missing {missing}"
+        )
     return {name: by_recipe[recipe] for name, recipe in RECIPES.items()}
 
 
@@ -57,8 +59,9 @@ def method_class(name: str) -> type[SSLMethod]:
     return METHOD_CLASSES[name]
 
 
-def build_method(name: str, backbone: Backbone, recipe: Any = None, *, teacher: Teacher | None = None,
-                 num_images: int = 0) -> SSLMethod:
+def build_method(
+    name: str, backbone: Backbone, recipe: Any = None, *, teacher: Teacher | None = None, num_images: int = 0
+) -> SSLMethod:
     """The method ``name`` around ``backbone``.
 
     Args:

@@ -54,9 +54,7 @@ class MoCo(SSLMethod):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoConfig = MoCoConfig()) -> None:
         super().__init__(backbone, feature_dim)
-        self.projection_head = moco_v2_projection_head(
-            feature_dim, config.projection_hidden_dim, config.projection_dim
-        )
+        self.projection_head = moco_v2_projection_head(feature_dim, config.projection_hidden_dim, config.projection_dim)
         # The key encoder: no gradient, never in the optimizer, but checkpointed (its
         # EMA weights cannot be rebuilt from anything else, so frozen_prefixes stays ()).
         self.key_backbone = frozen_copy(backbone)

@@ -18,8 +18,17 @@ MAX_QUEUE_SIZE = 8192
 
 # (dataset size below which, queue size): about a quarter to a half of the dataset,
 # so that pseudo-classes are mostly other images, capped at 8192 as in LightlyTrain.
-_QUEUE_BUCKETS = [(50, 16), (100, 32), (250, 64), (500, 128), (1_000, 256), (2_000, 512),
-                  (4_000, 1024), (10_000, 2048), (20_000, 4096)]
+_QUEUE_BUCKETS = [
+    (50, 16),
+    (100, 32),
+    (250, 64),
+    (500, 128),
+    (1_000, 256),
+    (2_000, 512),
+    (4_000, 1024),
+    (10_000, 2048),
+    (20_000, 4096),
+]
 
 
 def auto_queue_size(dataset_size: int) -> int:
@@ -328,6 +337,14 @@ class DINOConfig:
     multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
 
     def __post_init__(self) -> None:
-        require_positive(self, "hidden_dim", "bottleneck_dim", "output_dim", "student_temperature",
-                         "warmup_teacher_temperature", "teacher_temperature", "gradient_clip_norm")
+        require_positive(
+            self,
+            "hidden_dim",
+            "bottleneck_dim",
+            "output_dim",
+            "student_temperature",
+            "warmup_teacher_temperature",
+            "teacher_temperature",
+            "gradient_clip_norm",
+        )
         require_unit_interval(self, "warmup_fraction", "center_momentum", "base_momentum", "freeze_last_layer_fraction")

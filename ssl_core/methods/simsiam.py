@@ -56,7 +56,9 @@ class SimSiam(SSLMethod):
         )
         # "BN applied to its hidden fc layers. Its output fc does not have BN or ReLU.
         # This MLP has 2 layers." (sec. 3): exactly projection_mlp.
-        self.prediction_head = projection_mlp(config.projection_dim, config.prediction_hidden_dim, config.projection_dim)
+        self.prediction_head = projection_mlp(
+            config.projection_dim, config.prediction_hidden_dim, config.projection_dim
+        )
         self.criterion = NegativeCosineSimilarity()
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:

@@ -52,8 +52,12 @@ def extract_cifar_folder(archive_path: Path, root: Path, per_class: dict[str, in
 @pytest.fixture(scope="session")
 def cifar_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ingested-style folder: 8 train images of each of 8 CIFAR-10 classes."""
-    return extract_cifar_folder(cifar10_archive(IMAGES_PER_CLASS, 0), tmp_path_factory.mktemp("cifar_tiny"),
-                                {"train": IMAGES_PER_CLASS}, NUM_CLASSES)
+    return extract_cifar_folder(
+        cifar10_archive(IMAGES_PER_CLASS, 0),
+        tmp_path_factory.mktemp("cifar_tiny"),
+        {"train": IMAGES_PER_CLASS},
+        NUM_CLASSES,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -98,4 +98,4 @@ def test_a_non_resnet_backbone_pretrains_through_the_engine(cifar_folder, tmp_pa
     before = [p.detach().clone() for p in backbone.module.parameters()]
     history = train(method, data, TrainConfig(epochs=1, batch_size=16, lr=0.05, device="cpu"), tmp_path)
     assert torch.isfinite(torch.tensor(history.epochs[0].loss)) and not history.epochs[0].collapsed
-    assert any(not torch.equal(b, p) for b, p in zip(before, backbone.module.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, backbone.module.parameters(), strict=True))

@@ -77,6 +77,7 @@ def images(seed: int = 0, batch: int = 8) -> list[torch.Tensor]:
 
 # --- the loss -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("lambda_", [0.0, 5e-3, 0.5])
 def test_loss_matches_paper_equation(lambda_):
     generator = torch.Generator().manual_seed(0)
@@ -158,6 +159,7 @@ def test_loss_rejects_bad_arguments():
 
 # --- the method -----------------------------------------------------------------------------
 
+
 def test_default_projector_follows_the_lightly_cifar10_benchmark():
     """2 layers, 512-2048-2048: Linear-BN-ReLU, then a plain Linear; lambda 5e-3."""
     method = BarlowTwins(nn.Identity(), 512)
@@ -168,8 +170,10 @@ def test_default_projector_follows_the_lightly_cifar10_benchmark():
     assert method.criterion.lambda_ == 5e-3
 
 
-@pytest.mark.parametrize(("field", "value"), [("lambda_", 0.0), ("projection_hidden_dim", 0), ("projection_dim", -1),
-                                           ("projection_layers", 0)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lambda_", 0.0), ("projection_hidden_dim", 0), ("projection_dim", -1), ("projection_layers", 0)],
+)
 def test_recipe_rejects_non_positive_values(field, value):
     with pytest.raises(ValueError, match=rf"^{field} = {value}: must be > 0"):
         BarlowTwinsConfig(**{field: value})

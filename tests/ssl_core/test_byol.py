@@ -23,10 +23,10 @@ FEATURE_DIM, PROJECTION_DIM = 16, 8
 def reference_normalized_mse(p: torch.Tensor, z: torch.Tensor) -> float:
     """BYOL eq. 2: mean over the batch of sum_j (p_j / ||p|| - z_j / ||z||)^2."""
     total = 0.0
-    for p_row, z_row in zip(p.double().tolist(), z.double().tolist()):
+    for p_row, z_row in zip(p.double().tolist(), z.double().tolist(), strict=True):
         p_norm = math.sqrt(sum(v * v for v in p_row))
         z_norm = math.sqrt(sum(v * v for v in z_row))
-        total += sum((a / p_norm - b / z_norm) ** 2 for a, b in zip(p_row, z_row))
+        total += sum((a / p_norm - b / z_norm) ** 2 for a, b in zip(p_row, z_row, strict=True))
     return total / p.shape[0]
 
 
@@ -50,6 +50,7 @@ def images(batch: int = 4, seed: int = 0) -> list[torch.Tensor]:
 
 
 # --- the loss -------------------------------------------------------------------------------
+
 
 def test_loss_matches_paper_equation():
     generator = torch.Generator().manual_seed(0)
@@ -101,6 +102,7 @@ def test_loss_stays_fp32_under_bf16_autocast():
 
 # --- construction ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("base_momentum", [-0.1, 1.01])
 def test_bad_momentum_raises(base_momentum):
     # The recipe checks its values, so a bad one fails before any network is built.
@@ -134,7 +136,7 @@ def test_default_heads_are_the_papers():
 
 def test_target_starts_as_a_copy_and_is_frozen():
     method = make_method()
-    for p_target, p_online in zip(target_parameters(method), online_counterparts(method)):
+    for p_target, p_online in zip(target_parameters(method), online_counterparts(method), strict=True):
         assert torch.equal(p_target, p_online) and p_target is not p_online
         assert not p_target.requires_grad
     trainable = {id(p) for p in method.trainable_parameters()}
@@ -144,6 +146,7 @@ def test_target_starts_as_a_copy_and_is_frozen():
 
 
 # --- gradients and EMA ----------------------------------------------------------------------
+
 
 def test_gradients_reach_the_online_network_only():
     method = make_method().train()
@@ -180,10 +183,10 @@ def test_ema_update_after_optimizer_step():
     old_targets = [p.clone() for p in target_parameters(method)]
     prediction_before = [p.clone() for p in method.prediction_head.parameters()]
     method.after_optimizer_step()
-    for new, old, p_online in zip(target_parameters(method), old_targets, online):
+    for new, old, p_online in zip(target_parameters(method), old_targets, online, strict=True):
         assert torch.equal(new, 0.5 * old + 0.5 * p_online)
     # The predictor has no target counterpart and is left alone.
-    assert all(torch.equal(a, b) for a, b in zip(method.prediction_head.parameters(), prediction_before))
+    assert all(torch.equal(a, b) for a, b in zip(method.prediction_head.parameters(), prediction_before, strict=True))
 
 
 def test_ema_update_uses_the_scheduled_momentum():
@@ -196,7 +199,7 @@ def test_ema_update_uses_the_scheduled_momentum():
     online = [p.clone() for p in online_counterparts(method)]
     old_targets = [p.clone() for p in target_parameters(method)]
     method.after_optimizer_step()
-    for new, old, p_online in zip(target_parameters(method), old_targets, online):
+    for new, old, p_online in zip(target_parameters(method), old_targets, online, strict=True):
         torch.testing.assert_close(new, m * old + (1 - m) * p_online, rtol=0, atol=1e-6)
 
 
@@ -208,10 +211,11 @@ def test_final_momentum_freezes_the_target():
             p.add_(1.0)
     old_targets = [p.clone() for p in target_parameters(method)]
     method.after_optimizer_step()
-    assert all(torch.equal(a, b) for a, b in zip(target_parameters(method), old_targets))
+    assert all(torch.equal(a, b) for a, b in zip(target_parameters(method), old_targets, strict=True))
 
 
 # --- checkpoints ----------------------------------------------------------------------------
+
 
 def test_checkpoint_round_trip_includes_the_target_network():
     method = make_method(seed=0).train()
@@ -234,6 +238,7 @@ def test_checkpoint_round_trip_includes_the_target_network():
 
 # --- training -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dataset(cifar_folder: Path) -> ManifestDataset:
     view = view_transform(ViewConfig(32), Normalization())
@@ -248,5 +253,5 @@ def test_engine_trains_with_finite_losses(dataset, tmp_path):
     assert len(history.epochs) == 1 and 0 <= history.epochs[0].loss <= 4
     # 64 images / 16 = 4 steps: the engine drove the schedule up to its last step.
     assert method.momentum == cosine_momentum(3, 4, 0.99)
-    assert all(not torch.equal(a, b) for a, b in zip(target_parameters(method), target_before))
+    assert all(not torch.equal(a, b) for a, b in zip(target_parameters(method), target_before, strict=True))
     assert all(p.grad is None for p in target_parameters(method))

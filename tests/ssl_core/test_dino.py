@@ -41,6 +41,7 @@ def random_logits(num_crops: int, batch: int, dim: int, generator: torch.Generat
 
 # --- the loss -------------------------------------------------------------------------------
 
+
 def reference_dino_loss(student, teacher, center, student_temperature, teacher_temperature):
     """Algorithm 1's H(t, s) written out, averaged over every (teacher i, student j != i) pair."""
     total, pairs = 0.0, 0
@@ -49,7 +50,7 @@ def reference_dino_loss(student, teacher, center, student_temperature, teacher_t
             if i == j:
                 continue
             per_image = []
-            for t, s in zip(t_crop.double(), s_crop.double()):
+            for t, s in zip(t_crop.double(), s_crop.double(), strict=True):
                 p_t = torch.exp((t - center.double()[0]) / teacher_temperature)
                 p_t = p_t / p_t.sum()
                 p_s = torch.exp(s / student_temperature)
@@ -96,8 +97,14 @@ def test_loss_and_center_match_lightly(num_local):
     teacher = random_logits(2, 8, dim, generator)
     center = torch.randn(1, dim, generator=generator)
 
-    reference = lightly_loss.DINOLoss(output_dim=dim, warmup_teacher_temp=0.04, teacher_temp=0.07,
-                                      warmup_teacher_temp_epochs=30, student_temp=0.1, center_momentum=0.9)
+    reference = lightly_loss.DINOLoss(
+        output_dim=dim,
+        warmup_teacher_temp=0.04,
+        teacher_temp=0.07,
+        warmup_teacher_temp_epochs=30,
+        student_temp=0.1,
+        center_momentum=0.9,
+    )
     reference.center.copy_(center.view(1, 1, dim))
     # lightly's forward takes (teacher, student) and moves its center as a side effect.
     expected = reference(teacher, student, teacher_temp=teacher_temperature)
@@ -148,6 +155,7 @@ def test_loss_rejects_bad_input():
 
 
 # --- the method -----------------------------------------------------------------------------
+
 
 def test_center_changes_only_by_the_explicit_update_once_per_step(monkeypatch):
     method = make_method()
@@ -216,13 +224,16 @@ def test_teacher_follows_the_student_by_ema():
     method.before_step(0, 100)
     method.after_optimizer_step()
     m = method.momentum
-    for before, teacher, student in zip(teacher_before, method.teacher_head.parameters(), method.head.parameters()):
+    for before, teacher, student in zip(
+        teacher_before, method.teacher_head.parameters(), method.head.parameters(), strict=True
+    ):
         torch.testing.assert_close(teacher, m * before + (1 - m) * student)
 
 
 def test_schedules_at_start_middle_and_end():
-    method = make_method(warmup_teacher_temperature=0.04, teacher_temperature=0.07, warmup_fraction=0.2,
-                         base_momentum=0.996)
+    method = make_method(
+        warmup_teacher_temperature=0.04, teacher_temperature=0.07, warmup_fraction=0.2, base_momentum=0.996
+    )
     expected = {0: (0.04, 0.996), 100: (0.055, None), 200: (0.07, None), 500: (0.07, 0.998), 1000: (0.07, 1.0)}
     for step, (temperature, momentum) in expected.items():
         method.before_step(step, 1000)
@@ -239,7 +250,9 @@ def test_features_grouped_by_resolution_match_per_view_forwards():
 
 
 def test_wrong_number_of_views_and_bad_config_raise():
-    with pytest.raises(ValueError, match=rf"expects {2 + NUM_LOCAL} views \(2 global \+ {NUM_LOCAL} local\), got {3 + NUM_LOCAL}"):
+    with pytest.raises(
+        ValueError, match=rf"expects {2 + NUM_LOCAL} views \(2 global \+ {NUM_LOCAL} local\), got {3 + NUM_LOCAL}"
+    ):
         make_method().training_step(random_views(num_local=NUM_LOCAL + 1))
     with pytest.raises(ValueError, match=r"^teacher_temperature = 0.0: must be > 0"):
         DINOConfig(teacher_temperature=0.0)
@@ -269,6 +282,7 @@ def test_checkpoint_round_trip_keeps_teacher_and_center():
 
 
 # --- multi-crop and training ----------------------------------------------------------------
+
 
 def test_multicrop_on_a_real_image(cifar_image):
     transform = multicrop_transform(MultiCropConfig(num_local_crops=4), 32, Normalization())

@@ -19,7 +19,7 @@ def reference_distillation(teacher, student, queue, temperature):
     """Mean over the batch of sum_j p_t[j] * (log p_t[j] - log p_s[j]), softmax written out."""
     teacher, student, queue = teacher.double(), student.double(), queue.double()
     losses = []
-    for t, s in zip(teacher, student):
+    for t, s in zip(teacher, student, strict=True):
         p_t = torch.exp(t @ queue.T / temperature)
         p_t = p_t / p_t.sum()
         p_s = torch.exp(s @ queue.T / temperature)
@@ -34,17 +34,20 @@ def unit(*shape: int) -> torch.Tensor:
 
 def tiny_teacher() -> nn.Module:
     """A teacher with BatchNorm, so train/eval mode changes its output."""
-    return nn.Sequential(nn.Conv2d(3, TEACHER_DIM, 3, 2, 1), nn.BatchNorm2d(TEACHER_DIM),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(3, TEACHER_DIM, 3, 2, 1), nn.BatchNorm2d(TEACHER_DIM), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
 
 
 def make_method(queue_size: int = 32, seed: int = 0, **config) -> Distillation:
     torch.manual_seed(seed)
-    return Distillation(tiny_backbone(), FEATURE_DIM, tiny_teacher(), TEACHER_DIM,
-                        DistillationConfig(queue_size=queue_size, **config))
+    return Distillation(
+        tiny_backbone(), FEATURE_DIM, tiny_teacher(), TEACHER_DIM, DistillationConfig(queue_size=queue_size, **config)
+    )
 
 
 # --- the loss -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("temperature", [0.07, 0.5])
 def test_loss_matches_explicit_kl(temperature):
@@ -83,6 +86,7 @@ def test_non_positive_temperature_raises():
 
 # --- queue size -----------------------------------------------------------------------------
 
+
 def test_auto_queue_size_examples():
     assert auto_queue_size(10**6) == 8192
     assert auto_queue_size(5000) == 2048
@@ -118,6 +122,7 @@ def test_constructor_refuses_an_unresolved_auto_queue():
 
 
 # --- the method -----------------------------------------------------------------------------
+
 
 def test_teacher_is_frozen_and_not_trainable():
     method = make_method()

@@ -23,15 +23,26 @@ def make_method(seed: int = 0) -> SimCLR:
     """A SimCLR around a one-convolution backbone: fast enough for a 2-core CPU."""
     torch.manual_seed(seed)
     backbone = nn.Sequential(
-        nn.Conv2d(3, FEATURE_DIM, 3, 2, 1), nn.BatchNorm2d(FEATURE_DIM), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, FEATURE_DIM, 3, 2, 1),
+        nn.BatchNorm2d(FEATURE_DIM),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
     return SimCLR(backbone, FEATURE_DIM, SimCLRConfig(projection_hidden_dim=32, projection_dim=16))
 
 
 def make_config(epochs: int, batch_size: int = 16) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.1, warmup_epochs=1, seed=7,
-                       device="cpu", precision="fp32", num_workers=0)
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=0.1,
+        warmup_epochs=1,
+        seed=7,
+        device="cpu",
+        precision="fp32",
+        num_workers=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +115,14 @@ def test_resume_after_interruption_is_exact(dataset, tmp_path):
 
     checkpoint_dir = tmp_path / "b"
     with pytest.raises(Interrupt):
-        train(make_method(), dataset, make_config(epochs=3), checkpoint_dir,
-              fingerprint=FINGERPRINT, on_step=crash_in_second_epoch)
+        train(
+            make_method(),
+            dataset,
+            make_config(epochs=3),
+            checkpoint_dir,
+            fingerprint=FINGERPRINT,
+            on_step=crash_in_second_epoch,
+        )
     assert torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
 
     resumed = make_method()  # a fresh process would rebuild the model from the same seed
@@ -121,8 +138,15 @@ def test_resume_of_a_finished_run_trains_nothing(dataset, one_epoch_run):
     expected, checkpoint_dir = one_epoch_run
     method = make_method(seed=123)
     steps: list[StepInfo] = []
-    history = train(method, dataset, make_config(epochs=1), checkpoint_dir, resume=True,
-                    fingerprint=FINGERPRINT, on_step=steps.append)
+    history = train(
+        method,
+        dataset,
+        make_config(epochs=1),
+        checkpoint_dir,
+        resume=True,
+        fingerprint=FINGERPRINT,
+        on_step=steps.append,
+    )
     assert steps == [] and history.resumed_from_epoch == 1 and len(history.epochs) == 1
     assert_same_weights(expected, weights(method))  # the checkpoint's weights were loaded
 
@@ -145,7 +169,8 @@ def test_empty_dataset_raises(dataset, tmp_path):
 
 def test_batch_larger_than_dataset_is_reduced(dataset, tmp_path):
     steps: list[StepInfo] = []
-    history = train(make_method(), Subset(dataset, range(10)), make_config(epochs=1, batch_size=256), tmp_path,
-                    on_step=steps.append)
+    history = train(
+        make_method(), Subset(dataset, range(10)), make_config(epochs=1, batch_size=256), tmp_path, on_step=steps.append
+    )
     assert len(steps) == 1 and steps[0].steps_per_epoch == 1
     assert len(history.epochs) == 1 and math.isfinite(history.epochs[0].loss)

@@ -44,8 +44,9 @@ SMALL_RECIPES = {
     "simsiam": SimSiamConfig(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=8),
     "barlowtwins": BarlowTwinsConfig(projection_hidden_dim=32, projection_dim=32),
     "byol": BYOLConfig(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32),
-    "dino": DINOConfig(multicrop=MultiCropConfig(num_local_crops=LOCAL_CROPS), hidden_dim=32, bottleneck_dim=16,
-                       output_dim=64),
+    "dino": DINOConfig(
+        multicrop=MultiCropConfig(num_local_crops=LOCAL_CROPS), hidden_dim=32, bottleneck_dim=16, output_dim=64
+    ),
     "vicreg": VICRegConfig(projection_hidden_dim=32, projection_dim=32),
 }
 
@@ -113,8 +114,9 @@ class ConstantEmbedding(SSLMethod):
 
 def test_collapsed_embeddings_are_flagged(cifar_folder: Path, tmp_path: Path) -> None:
     method = ConstantEmbedding()
-    data = ManifestDataset(cifar_folder, splits=["train"],
-                           transform=MultiView([view_transform(ViewConfig(32), Normalization())]))
+    data = ManifestDataset(
+        cifar_folder, splits=["train"], transform=MultiView([view_transform(ViewConfig(32), Normalization())])
+    )
     history = train(method, data, config(epochs=1), tmp_path)
     assert history.epochs[-1].embedding_std == 0.0 and history.epochs[-1].collapsed
     healthy = build("simclr")

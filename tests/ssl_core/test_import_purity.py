@@ -49,15 +49,24 @@ def test_ssl_core_imports_when_pipeline_dependencies_are_not_installed():
 
 # What must import without torch: the params schema and CLI (so `sslpipe --help` and a
 # params error answer at once), and the ONNX consumer side (a serving image can skip torch).
-TORCH_FREE = ["ssl_core.methods", "ssl_core.methods.recipes", "ssl_core.onnx_format", "ssl_core.onnx_embedder",
-              "ssl_core.manifest", "tasks.params", "tasks.stages", "tasks.cli"]
+TORCH_FREE = [
+    "ssl_core.methods",
+    "ssl_core.methods.recipes",
+    "ssl_core.onnx_format",
+    "ssl_core.onnx_embedder",
+    "ssl_core.manifest",
+    "tasks.params",
+    "tasks.stages",
+    "tasks.cli",
+]
 
 
 def test_schema_cli_and_onnx_consumers_import_without_torch():
-    code = ("import importlib, json, sys\n"
-            "sys.modules.update(dict.fromkeys(['torch', 'torchvision', 'mlflow']))\n"
-            f"for name in {TORCH_FREE!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print(json.dumps({'ok': True}))\n")
+    code = (
+        "import importlib, json, sys\n"
+        "sys.modules.update(dict.fromkeys(['torch', 'torchvision', 'mlflow']))\n"
+        f"for name in {TORCH_FREE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps({'ok': True}))\n"
+    )
     assert run_python(code) == {"ok": True}
-

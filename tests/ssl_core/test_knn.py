@@ -15,7 +15,10 @@ def reference_knn(queries, bank, bank_labels, num_classes, k, temperature):
     """For each query: cosine similarities, sort, keep top k, add exp(sim / t) to each neighbour's class."""
     scores = torch.zeros(len(queries), num_classes, dtype=torch.float64)
     for i, query in enumerate(queries):
-        sims = [(F.cosine_similarity(query, b, dim=0).item(), int(label)) for b, label in zip(bank, bank_labels)]
+        sims = [
+            (F.cosine_similarity(query, b, dim=0).item(), int(label))
+            for b, label in zip(bank, bank_labels, strict=True)
+        ]
         sims.sort(key=lambda pair: pair[0], reverse=True)
         for sim, label in sims[:k]:
             scores[i, label] += math.exp(sim / temperature)
@@ -67,12 +70,14 @@ def test_per_class_top1_on_hand_made_example():
     # Bank: class 0 along x, class 1 along y, class 2 along z; k=1 picks the nearest axis.
     bank = torch.eye(3)
     bank_labels = torch.tensor([0, 1, 2])
-    queries = torch.tensor([
-        [1.0, 0.1, 0.0],  # -> 0, true 0: hit
-        [0.9, 0.0, 0.1],  # -> 0, true 0: hit
-        [0.1, 1.0, 0.0],  # -> 1, true 1: hit
-        [1.0, 0.2, 0.0],  # -> 0, true 1: miss
-    ])
+    queries = torch.tensor(
+        [
+            [1.0, 0.1, 0.0],  # -> 0, true 0: hit
+            [0.9, 0.0, 0.1],  # -> 0, true 0: hit
+            [0.1, 1.0, 0.0],  # -> 1, true 1: hit
+            [1.0, 0.2, 0.0],  # -> 0, true 1: miss
+        ]
+    )
     labels = torch.tensor([0, 0, 1, 1])
     result = knn_evaluate(bank, bank_labels, queries, labels, num_classes=3, k=1)
     assert result.top1 == pytest.approx(0.75)

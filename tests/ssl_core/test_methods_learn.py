@@ -97,8 +97,9 @@ def test_every_method_has_a_short_run() -> None:
 @pytest.fixture(scope="module")
 def cifar_2000(full_cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2,000 train and 10,000 test CIFAR-10 images as an ingested-style folder."""
-    return extract_cifar_folder(full_cifar_archive, tmp_path_factory.mktemp("cifar_2000"),
-                                {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS})
+    return extract_cifar_folder(
+        full_cifar_archive, tmp_path_factory.mktemp("cifar_2000"), {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}
+    )
 
 
 def decoded(folder: Path, split: str) -> TensorDataset:
@@ -142,8 +143,9 @@ class ShortRuns:
         run = SHORT_RUNS[name]
         method = build_method(name, backbone, run.recipe, teacher=teacher, num_images=len(dataset))
         dataset.transform = method.train_transform(method.view_config(32), Normalization())
-        config = TrainConfig(epochs=EPOCHS, batch_size=BATCH_SIZE, lr=run.lr, seed=SEED, device="cpu",
-                             precision=PRECISION)
+        config = TrainConfig(
+            epochs=EPOCHS, batch_size=BATCH_SIZE, lr=run.lr, seed=SEED, device="cpu", precision=PRECISION
+        )
         history = train(method, dataset, config, self.work_dir / name)
         assert not history.epochs[-1].collapsed, f"{name} collapsed"
         return method.backbone

@@ -22,11 +22,12 @@ FEATURE_DIM, PROJECTION_DIM, BANK_SIZE = 16, 8, 32
 
 def reference_info_nce(query, key, bank, temperature):
     """MoCo eq. 1: mean over queries of -log(exp(q.k+/t) / (exp(q.k+/t) + sum_j exp(q.k_j/t)))."""
+
     def unit(v: torch.Tensor) -> torch.Tensor:
         return v.double() / v.double().norm()
 
     total = 0.0
-    for q, k in zip(query, key):
+    for q, k in zip(query, key, strict=True):
         positive = math.exp(float(unit(q) @ unit(k)) / temperature)
         negatives = sum(math.exp(float(unit(q) @ unit(n)) / temperature) for n in bank)
         total += -math.log(positive / (positive + negatives))
@@ -53,6 +54,7 @@ def images(batch: int = 4, seed: int = 0) -> list[torch.Tensor]:
 
 
 # --- the loss -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("temperature", [0.07, 0.1, 0.5])
 def test_loss_matches_paper_algorithm(temperature):
@@ -119,9 +121,15 @@ def test_non_positive_temperature_raises(temperature):
 
 # --- construction ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("field", "value", "allowed"), [("memory_bank_size", 0, "must be > 0"),
-                                                     ("momentum", 1.5, r"must be in \[0, 1\]"),
-                                                     ("momentum", -0.1, r"must be in \[0, 1\]")])
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("memory_bank_size", 0, "must be > 0"),
+        ("momentum", 1.5, r"must be in \[0, 1\]"),
+        ("momentum", -0.1, r"must be in \[0, 1\]"),
+    ],
+)
 def test_bad_config_raises(field, value, allowed):
     # The recipe checks its values, so a bad one fails before any network is built.
     with pytest.raises(ValueError, match=rf"^{field} = {value}: {allowed}"):
@@ -140,7 +148,7 @@ def test_projection_head_is_lightly_moco_v2_head():
 def test_key_encoder_starts_as_a_copy_and_is_frozen():
     method = make_method()
     online = [*method.backbone.parameters(), *method.projection_head.parameters()]
-    for p_key, p_online in zip(key_parameters(method), online):
+    for p_key, p_online in zip(key_parameters(method), online, strict=True):
         assert torch.equal(p_key, p_online) and p_key is not p_online
         assert not p_key.requires_grad
     trainable = {id(p) for p in method.trainable_parameters()}
@@ -156,6 +164,7 @@ def test_bank_starts_as_random_unit_vectors():
 
 
 # --- gradients and EMA ----------------------------------------------------------------------
+
 
 def test_gradients_reach_the_query_encoder_only():
     method = make_method().train()
@@ -175,7 +184,7 @@ def test_ema_update_after_optimizer_step():
     online = [p.clone() for p in [*method.backbone.parameters(), *method.projection_head.parameters()]]
     old_keys = [p.clone() for p in key_parameters(method)]
     method.after_optimizer_step()
-    for new, old, p_online in zip(key_parameters(method), old_keys, online):
+    for new, old, p_online in zip(key_parameters(method), old_keys, online, strict=True):
         assert torch.equal(new, 0.5 * old + 0.5 * p_online)
 
 
@@ -187,11 +196,12 @@ def test_ema_update_with_the_default_momentum():
     online = [p.clone() for p in [*method.backbone.parameters(), *method.projection_head.parameters()]]
     old_keys = [p.clone() for p in key_parameters(method)]
     method.after_optimizer_step()
-    for new, old, p_online in zip(key_parameters(method), old_keys, online):
+    for new, old, p_online in zip(key_parameters(method), old_keys, online, strict=True):
         torch.testing.assert_close(new, 0.99 * old + 0.01 * p_online, rtol=0, atol=1e-6)
 
 
 # --- the memory bank ------------------------------------------------------------------------
+
 
 def test_enqueue_is_fifo_newest_first():
     method = make_method(memory_bank_size=5)
@@ -237,6 +247,7 @@ def test_training_step_enqueues_both_views_keys_after_the_loss():
 
 # --- checkpoints ----------------------------------------------------------------------------
 
+
 def test_checkpoint_round_trip_includes_key_encoder_and_bank():
     method = make_method(seed=0).train()
     method.training_step(images())
@@ -256,6 +267,7 @@ def test_checkpoint_round_trip_includes_key_encoder_and_bank():
 
 # --- training -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dataset(cifar_folder: Path) -> ManifestDataset:
     view = view_transform(ViewConfig(32), Normalization())
@@ -272,5 +284,5 @@ def test_engine_trains_with_finite_losses(dataset, tmp_path):
     # 4 steps x 32 keys replaced the 64 random rows with real, unit-norm keys.
     assert not torch.equal(method.memory_bank, bank_before)
     torch.testing.assert_close(method.memory_bank.norm(dim=1), torch.ones(64))
-    assert all(not torch.equal(a, b) for a, b in zip(key_parameters(method), key_before))
+    assert all(not torch.equal(a, b) for a, b in zip(key_parameters(method), key_before, strict=True))
     assert all(p.grad is None for p in key_parameters(method))

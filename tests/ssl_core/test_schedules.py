@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ssl_core.schedules import cosine_schedule
@@ -22,7 +24,7 @@ def test_decay_starts_at_base_and_never_increases():
     values = cosine_schedule(base, 100, warmup_steps=10)
     decay = values[10:]
     assert decay[0] == pytest.approx(base)
-    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(decay))
 
 
 def test_last_value_is_just_above_final():

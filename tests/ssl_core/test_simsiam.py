@@ -36,8 +36,8 @@ def single_thread():
 def reference_negative_cosine(p: torch.Tensor, z: torch.Tensor) -> float:
     """SimSiam eq. 1, D(p, z) = -(p / ||p||) . (z / ||z||), averaged over the rows, element by element."""
     total = 0.0
-    for p_row, z_row in zip(p.tolist(), z.tolist()):
-        dot = sum(a * b for a, b in zip(p_row, z_row))
+    for p_row, z_row in zip(p.tolist(), z.tolist(), strict=True):
+        dot = sum(a * b for a, b in zip(p_row, z_row, strict=True))
         norm_p = math.sqrt(sum(a * a for a in p_row))
         norm_z = math.sqrt(sum(b * b for b in z_row))
         total += -dot / (norm_p * norm_z)
@@ -55,6 +55,7 @@ def images(seed: int = 0, batch: int = 8) -> list[torch.Tensor]:
 
 
 # --- the loss -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n, d", [(1, 3), (6, 8), (10, 32)])
 def test_loss_matches_paper_equation(n, d):
@@ -96,6 +97,7 @@ def test_loss_rejects_mismatched_shapes_and_bad_eps():
 
 # --- the heads ------------------------------------------------------------------------------
 
+
 def test_default_heads_follow_the_lightly_cifar10_benchmark():
     """2-layer projection 512-2048-2048 with BN on the output; predictor 2048-512-2048."""
     method = SimSiam(nn.Identity(), 512)
@@ -111,10 +113,13 @@ def test_heads_compute_what_lightly_heads_compute():
     """With lightly's weights loaded, our 3-layer projection and our predictor give lightly's outputs."""
     heads = pytest.importorskip("lightly.models.modules.heads")
     torch.manual_seed(3)
-    ours = SimSiam(nn.Identity(), 12, SimSiamConfig(projection_hidden_dim=20, projection_dim=16,
-                                                    projection_layers=3, prediction_hidden_dim=6))
+    ours = SimSiam(
+        nn.Identity(),
+        12,
+        SimSiamConfig(projection_hidden_dim=20, projection_dim=16, projection_layers=3, prediction_hidden_dim=6),
+    )
     theirs = [heads.SimSiamProjectionHead(12, 20, 16), heads.SimSiamPredictionHead(16, 6, 16)]
-    for head, reference in zip([ours.projection_head, ours.prediction_head], theirs):
+    for head, reference in zip([ours.projection_head, ours.prediction_head], theirs, strict=True):
         head.load_state_dict({k.removeprefix("layers."): v for k, v in reference.state_dict().items()})
         x = torch.randn(10, head[0].in_features)
         torch.testing.assert_close(head(x), reference(x))
@@ -124,8 +129,9 @@ def test_training_step_matches_lightly_loss_and_gradients():
     """Our step against lightly's recipe (its heads and loss, z.detach(), 0.5 * sum) on a copy of the network."""
     lightly_loss = pytest.importorskip("lightly.loss")
     heads = pytest.importorskip("lightly.models.modules.heads")
-    method = make_method(config=SimSiamConfig(projection_hidden_dim=32, projection_dim=24, projection_layers=3,
-                                              prediction_hidden_dim=8))
+    method = make_method(
+        config=SimSiamConfig(projection_hidden_dim=32, projection_dim=24, projection_layers=3, prediction_hidden_dim=8)
+    )
     backbone = copy.deepcopy(method.backbone)
     projection = heads.SimSiamProjectionHead(FEATURE_DIM, 32, 24)
     prediction = heads.SimSiamPredictionHead(24, 8, 24)
@@ -147,14 +153,16 @@ def test_training_step_matches_lightly_loss_and_gradients():
     assert_backbone_grads_match(method.backbone, backbone)
 
 
-@pytest.mark.parametrize("field", ["projection_hidden_dim", "projection_dim", "projection_layers",
-                                   "prediction_hidden_dim"])
+@pytest.mark.parametrize(
+    "field", ["projection_hidden_dim", "projection_dim", "projection_layers", "prediction_hidden_dim"]
+)
 def test_recipe_rejects_non_positive_sizes(field):
     with pytest.raises(ValueError, match=rf"^{field} = 0: must be > 0"):
         SimSiamConfig(**{field: 0})
 
 
 # --- stop-gradient --------------------------------------------------------------------------
+
 
 def test_gradient_reaches_z_only_through_the_predictor():
     """The gradient at z0 is that of 0.5 * D(h(z0), z1) with z1 constant: nothing comes from D(p1, z0)."""
@@ -188,6 +196,7 @@ def test_gradient_reaches_z_only_through_the_predictor():
 
 
 # --- the method -----------------------------------------------------------------------------
+
 
 def test_training_step_gives_finite_loss_and_first_view_features():
     method = make_method().train()

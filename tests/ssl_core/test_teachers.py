@@ -15,6 +15,7 @@ from ssl_core.teachers import load_dinov2_teacher, load_teacher_file
 @pytest.fixture(autouse=True)
 def no_torch_hub(monkeypatch):
     """Fails any test that would reach torch.hub: the test machines have no internet."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("torch.hub.load must not be called in tests")
 

@@ -57,10 +57,16 @@ def test_default_expander_is_three_layers_with_the_papers_loss_weights():
     assert (loss.lambda_, loss.mu, loss.nu) == (25.0, 25.0, 1.0)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("lambda_", -1.0, "must be >= 0"), ("mu", -0.5, "must be >= 0"), ("nu", -1.0, "must be >= 0"),
-    ("projection_hidden_dim", 0, "must be > 0"), ("projection_layers", 0, "must be > 0"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lambda_", -1.0, "must be >= 0"),
+        ("mu", -0.5, "must be >= 0"),
+        ("nu", -1.0, "must be >= 0"),
+        ("projection_hidden_dim", 0, "must be > 0"),
+        ("projection_layers", 0, "must be > 0"),
+    ],
+)
 def test_recipe_rejects_bad_values_naming_them(field, value, message):
     with pytest.raises(ValueError, match=rf"^{field} = {value}: {message}"):
         VICRegConfig(**{field: value})

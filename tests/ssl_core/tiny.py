@@ -12,8 +12,13 @@ from ssl_core.engine import TrainConfig, train
 
 def tiny_backbone(feature_dim: int = 16) -> nn.Module:
     """conv-BN-ReLU-pool: (B, 3, H, W) -> (B, feature_dim), with BatchNorm like a ResNet."""
-    return nn.Sequential(nn.Conv2d(3, feature_dim, 3, 2, 1), nn.BatchNorm2d(feature_dim), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(3, feature_dim, 3, 2, 1),
+        nn.BatchNorm2d(feature_dim),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
 def assert_backbone_grads_match(ours: nn.Module, theirs: nn.Module) -> None:
@@ -33,14 +38,23 @@ def small_convnet(width: int = 32) -> nn.Module:
     About 15M multiply-adds per 32 px image, 1/37 of the CIFAR ResNet-18: big enough
     for self-supervised features to beat random ones within a few epochs on CPU.
     """
+
     def block(channels_in: int, channels_out: int, stride: int) -> list[nn.Module]:
         return [nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False), nn.BatchNorm2d(channels_out), nn.ReLU()]
 
-    return nn.Sequential(*block(3, width, 1), *block(width, 2 * width, 2), *block(2 * width, 4 * width, 2),
-                         *block(4 * width, 8 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return nn.Sequential(
+        *block(3, width, 1),
+        *block(width, 2 * width, 2),
+        *block(2 * width, 4 * width, 2),
+        *block(4 * width, 8 * width, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
 
 
-def assert_only_the_online_network_learns(method, momentum_parameters: list[nn.Parameter], views, feature_dim: int) -> None:
+def assert_only_the_online_network_learns(
+    method, momentum_parameters: list[nn.Parameter], views, feature_dim: int
+) -> None:
     """One step: a scalar loss and detached first-view features; every trainable
     parameter gets a gradient and the momentum network none (BYOL's target, MoCo's key encoder)."""
     output = method.training_step(views)

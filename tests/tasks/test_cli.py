@@ -47,7 +47,10 @@ def test_every_option_has_help(command: str, capsys: pytest.CaptureFixture) -> N
 
 def test_overrides_are_parsed_as_yaml() -> None:
     assert parse_overrides(["pretrain.epochs=3", "pretrain.mixup=false", "a.b=x"]) == {
-        "pretrain.epochs": 3, "pretrain.mixup": False, "a.b": "x"}
+        "pretrain.epochs": 3,
+        "pretrain.mixup": False,
+        "a.b": "x",
+    }
     with pytest.raises(ParamsError, match="KEY=VALUE"):
         parse_overrides(["pretrain.epochs"])
 
@@ -69,7 +72,10 @@ def test_every_stage_error_is_a_user_error(module: str) -> None:
     import importlib
 
     loaded = importlib.import_module(module)
-    errors = [obj for obj in vars(loaded).values()
-              if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == module]
+    errors = [
+        obj
+        for obj in vars(loaded).values()
+        if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == module
+    ]
     assert errors or module == "tasks.register", f"{module} defines no error class"
     assert all(issubclass(error, UserError) for error in errors), errors

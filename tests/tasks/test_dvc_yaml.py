@@ -21,8 +21,15 @@ def test_dvc_yaml_matches_what_every_stage_imports_and_reads() -> None:
 
 def test_evaluation_code_is_a_dep_of_evaluate_only() -> None:
     evaluate = code_deps(stage("evaluate"))
-    for path in ("tasks/evaluate.py", "ssl_core/knn.py", "ssl_core/embed.py", "ssl_core/augment.py",
-                 "ssl_core/backbones.py", "ssl_core/data.py", "ssl_core/model_file.py"):
+    for path in (
+        "tasks/evaluate.py",
+        "ssl_core/knn.py",
+        "ssl_core/embed.py",
+        "ssl_core/augment.py",
+        "ssl_core/backbones.py",
+        "ssl_core/data.py",
+        "ssl_core/model_file.py",
+    ):
         assert depends_on(evaluate, path)
     for training in ("teacher", "pretrain"):
         deps = code_deps(stage(training))

@@ -22,8 +22,9 @@ DATA = DataParams()
 
 def student_dir(tmp_path: Path, backbone: torch.nn.Module) -> Path:
     out = tmp_path / "student"
-    save_embedding_model(out / "model.pt", backbone,
-                         EmbeddingModelInfo("resnet18_cifar", 512, 32, Normalization(), "test"))
+    save_embedding_model(
+        out / "model.pt", backbone, EmbeddingModelInfo("resnet18_cifar", 512, 32, Normalization(), "test")
+    )
     (out / "history.json").write_text(json.dumps({"epochs": [], "resumed_from_epoch": 0}))
     return out
 
@@ -37,8 +38,14 @@ def ingested(tiny_cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def test_metrics_plot_and_baseline(ingested: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    metrics = run(FAST, DATA.train_split, DATA.test_split, ingested,
-                  student_dir(tmp_path, build_backbone("resnet18_cifar").module), tmp_path / "eval")
+    metrics = run(
+        FAST,
+        DATA.train_split,
+        DATA.test_split,
+        ingested,
+        student_dir(tmp_path, build_backbone("resnet18_cifar").module),
+        tmp_path / "eval",
+    )
     assert metrics["num_bank"] == 200 and metrics["num_queries"] == 100 and metrics["k"] == 20
     # Random features of real images are better than chance (0.1) on CIFAR-10.
     assert metrics["random_init"]["top1"] > 0.12
@@ -58,7 +65,13 @@ def test_unlabeled_data_gets_a_one_line_error_saying_what_to_do(tiny_cifar_archi
             (flat / f"{i}.jpg").write_bytes(tar.extractfile(member).read())
     ingest(IngestParams(source=str(flat)), tmp_path / "ingested")
     with pytest.raises(EvaluationError) as error:
-        run(FAST, DATA.train_split, DATA.test_split, tmp_path / "ingested",
-            student_dir(tmp_path, build_backbone("resnet18_cifar").module), tmp_path / "eval")
+        run(
+            FAST,
+            DATA.train_split,
+            DATA.test_split,
+            tmp_path / "ingested",
+            student_dir(tmp_path, build_backbone("resnet18_cifar").module),
+            tmp_path / "eval",
+        )
     message = str(error.value)
     assert "\n" not in message and "needs labels" in message and "class subfolders" in message

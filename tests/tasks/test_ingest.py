@@ -114,8 +114,12 @@ def test_unsafe_archive_members_are_refused_and_never_written(tmp_path: Path) ->
     out = tmp_path / "nested" / "out"
     report = run(IngestParams(source=str(archive)), out)
     assert report.num_images == 1
-    assert {r["member"] for r in report.refused} == {"../escape.jpg", "/tmp/absolute.jpg", "set/train/../../up.jpg",
-                                                     "set/train/cat/link.jpg"}
+    assert {r["member"] for r in report.refused} == {
+        "../escape.jpg",
+        "/tmp/absolute.jpg",
+        "set/train/../../up.jpg",
+        "set/train/cat/link.jpg",
+    }
     assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "nested" / "escape.jpg").exists()
     assert not (tmp_path / "up.jpg").exists() and not Path("/tmp/absolute.jpg").exists()
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
@@ -160,7 +164,9 @@ def test_decompression_bomb_is_quarantined(tmp_path: Path) -> None:
     assert "DecompressionBomb" in report.quarantined[0]["reason"]
 
 
-def test_torchvision_cifar10_local_copy(tiny_cifar_archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchvision_cifar10_local_copy(
+    tiny_cifar_archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A CIFAR10 folder in torchvision's pickle format, built from real CIFAR images."""
     import pickle
 
@@ -192,7 +198,9 @@ def test_torchvision_cifar10_local_copy(tiny_cifar_archive: Path, tmp_path: Path
     assert all(r.path.endswith(".png") and (r.width, r.height) == (32, 32) for r in records)
 
 
-def test_torchvision_cifar10_without_copy_or_internet_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchvision_cifar10_without_copy_or_internet_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torchvision.datasets import CIFAR10
 
     def offline(self) -> None:

@@ -51,6 +51,7 @@ def teacher_for(name: str) -> Teacher | None:
 
 # --- the one list of methods ----------------------------------------------------------------
 
+
 def test_all_eight_methods_are_offered() -> None:
     assert set(METHOD_NAMES) == {"distillation", "dino", "simclr", "moco", "simsiam", "barlowtwins", "byol", "vicreg"}
     assert METHOD_NAMES == tuple(RECIPES) == tuple(METHOD_CLASSES)
@@ -88,6 +89,7 @@ def test_peak_lr_is_scaled_with_the_batch_except_for_simsiam() -> None:
 
 # --- params.yaml selects and configures the method -------------------------------------------
 
+
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_one_key_selects_the_method_with_its_recipe_from_params_yaml(name: str) -> None:
     params = load_params(REPO_ROOT / "params.yaml", {"pretrain.method": name, "pretrain.backbone": "resnet18"})
@@ -104,8 +106,10 @@ def test_params_yaml_restates_every_recipe_default(name: str) -> None:
 
 
 def test_recipe_values_can_be_overridden() -> None:
-    params = load_params(REPO_ROOT / "params.yaml", {"pretrain.method": "moco", "pretrain.moco.memory_bank_size": 256,
-                                                      "pretrain.backbone": "resnet18"})
+    params = load_params(
+        REPO_ROOT / "params.yaml",
+        {"pretrain.method": "moco", "pretrain.moco.memory_bank_size": 256, "pretrain.backbone": "resnet18"},
+    )
     method = build_method("moco", build_backbone("resnet18"), params.pretrain.recipe, num_images=100)
     assert method.memory_bank.shape[0] == 256
 
@@ -113,8 +117,9 @@ def test_recipe_values_can_be_overridden() -> None:
 def test_distillation_sizes_its_queue_for_the_dataset() -> None:
     params = load_params(REPO_ROOT / "params.yaml")
     assert params.pretrain.method == "distillation" and params.pretrain.distillation.queue_size == "auto"
-    method = build_method("distillation", tiny_backbone(), params.pretrain.recipe, teacher=toy_teacher(),
-                          num_images=5000)
+    method = build_method(
+        "distillation", tiny_backbone(), params.pretrain.recipe, teacher=toy_teacher(), num_images=5000
+    )
     assert isinstance(method, Distillation) and method.queue.shape == (2048, TEACHER_DIM)
     # The recipe itself keeps "auto": the resolved size is derived, not written back.
     assert params.pretrain.distillation.queue_size == "auto"
@@ -126,11 +131,16 @@ def test_distillation_sizes_its_queue_for_the_dataset() -> None:
         ({"pretrain": {"moco": {"momentum": 1.5}}}, "pretrain.moco: momentum = 1.5: must be in [0, 1]"),
         ({"pretrain": {"byol": {"momentm": 0.9}}}, "unknown key 'pretrain.byol.momentm'"),
         ({"pretrain": {"dino": {"output_dim": 0}}}, "pretrain.dino: output_dim = 0: must be > 0"),
-        ({"pretrain": {"distillation": {"queue_size": 0}}},
-         "pretrain.distillation: queue_size = 0: must be 'auto' or an integer in [1, 8192]"),
+        (
+            {"pretrain": {"distillation": {"queue_size": 0}}},
+            "pretrain.distillation: queue_size = 0: must be 'auto' or an integer in [1, 8192]",
+        ),
         # DINO's views are its own recipe's: one crop count, no global size to disagree with data.image_size.
         ({"pretrain": {"dino": {"num_local_crops": 2}}}, "unknown key 'pretrain.dino.num_local_crops'"),
-        ({"pretrain": {"dino": {"multicrop": {"global_size": 32}}}}, "unknown key 'pretrain.dino.multicrop.global_size'"),
+        (
+            {"pretrain": {"dino": {"multicrop": {"global_size": 32}}}},
+            "unknown key 'pretrain.dino.multicrop.global_size'",
+        ),
         ({"pretrain": {"multicrop": {"num_local_crops": 2}}}, "unknown key 'pretrain.multicrop'"),
         ({"pretrain": {"dino": {"multicrop": {"num_local_crops": -1}}}}, "num_local_crops = -1: must be >= 0"),
     ],
@@ -142,6 +152,7 @@ def test_bad_recipe_values_name_the_key(override: dict, expected: str) -> None:
 
 
 # --- the factory ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_factory_refuses_another_methods_recipe(name: str) -> None:
@@ -168,6 +179,7 @@ def test_factory_defaults_to_the_recipe_defaults() -> None:
 
 # --- the pretrain stage asks the method -------------------------------------------------------
 
+
 def fake_ingested(root: Path, count: int = 40) -> Path:
     """A manifest of ``count`` train images; pretrain reads no pixel before training starts."""
     root.mkdir(parents=True, exist_ok=True)
@@ -182,14 +194,21 @@ class StopBeforeTraining(Exception):
 
 def peak_lr_of_a_run(overrides: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> float:
     """The lr pretrain.run hands the engine, without training."""
+
     def capture(method, dataset, config, *args, **kwargs):
         raise StopBeforeTraining(config.lr)
 
     monkeypatch.setattr(pretrain, "train", capture)
     params = parse_params({"pretrain": {"backbone": "resnet18_cifar", **overrides}})
     with pytest.raises(StopBeforeTraining) as stopped:
-        pretrain.run(params.pretrain, params.data, fake_ingested(tmp_path / "data"), tmp_path / "out",
-                     tmp_path / "ckpt", teacher=teacher_for(params.pretrain.method))
+        pretrain.run(
+            params.pretrain,
+            params.data,
+            fake_ingested(tmp_path / "data"),
+            tmp_path / "out",
+            tmp_path / "ckpt",
+            teacher=teacher_for(params.pretrain.method),
+        )
     return stopped.value.args[0]
 
 
@@ -202,8 +221,9 @@ def peak_lr_of_a_run(overrides: dict, tmp_path: Path, monkeypatch: pytest.Monkey
         ({"method": "simclr", "scale_lr": False}, 0.06),
     ],
 )
-def test_pretrain_lr_follows_scale_lr(overrides: dict, expected: float, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrain_lr_follows_scale_lr(
+    overrides: dict, expected: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = {"batch_size": 512, "base_lr": 0.06, **overrides}
     assert peak_lr_of_a_run(settings, tmp_path, monkeypatch) == pytest.approx(expected)
 

@@ -82,8 +82,9 @@ def test_pretraining_checks_the_backbone_before_any_work(tmp_path: Path) -> None
 
     params = load_params(write_params(tmp_path, teacher={"backbone": "resnet19"}))
     with pytest.raises(ParamsError, match=r"^teacher\.backbone = 'resnet19'"):
-        pretrain.run(params.teacher, params.data, tmp_path / "no-data", tmp_path / "out", tmp_path / "ckpt",
-                     section="teacher")
+        pretrain.run(
+            params.teacher, params.data, tmp_path / "no-data", tmp_path / "out", tmp_path / "ckpt", section="teacher"
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -106,7 +107,9 @@ def test_overrides_and_derived_lr(tmp_path: Path) -> None:
     training = params.pretrain
     assert training.batch_size == 512 and training.base_lr == 0.06 and training.scale_lr == "auto"
     # The peak lr is derived by the method, never stored in the params.
-    assert method_class(training.method).peak_lr(training.base_lr, training.batch_size) == pytest.approx(0.06 * 512 / 128)
+    assert method_class(training.method).peak_lr(training.base_lr, training.batch_size) == pytest.approx(
+        0.06 * 512 / 128
+    )
     with pytest.raises(ParamsError, match="pretrain.epochs"):
         load_params(REPO_ROOT / "params.yaml", {"pretrain.epochs": "x"})
 

@@ -49,6 +49,7 @@ def test_champion_moves_only_when_beaten_by_the_margin(client: MlflowClient, tmp
 
 # --- the stage ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny exported embedder: register reads its metadata and runs it once for the signature."""
@@ -69,19 +70,25 @@ def stage_inputs(root: Path, config: dict, top1: float) -> dict[str, Path]:
     (ingested / "ingest_report.json").write_text("{}")
     (student / "config.json").write_text(json.dumps(config))
     (student / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "loss": 5.0, "embedding_std": 0.1}]}))
-    (evaluation / "metrics.json").write_text(json.dumps({"student": {"top1": top1, "top5": 0.9},
-                                                         "random_init": {"top1": 0.2, "top5": 0.6}, "k": 20}))
+    (evaluation / "metrics.json").write_text(
+        json.dumps({"student": {"top1": top1, "top5": 0.9}, "random_init": {"top1": 0.2, "top5": 0.6}, "k": 20})
+    )
     return {"ingested": ingested, "student_dir": student, "evaluation_dir": evaluation}
 
 
 def trained_with(epochs: int) -> dict:
     """A student's config.json, as the pretrain stage writes it."""
-    return {"training": {"method": "simclr", "backbone": "tiny", "epochs": epochs}, "data": {"image_size": 32},
-            "lr": 0.24, "teacher": None}
+    return {
+        "training": {"method": "simclr", "backbone": "tiny", "epochs": epochs},
+        "data": {"image_size": 32},
+        "lr": 0.24,
+        "teacher": None,
+    }
 
 
-def test_register_logs_the_students_config_and_tags_its_hash(tmp_path: Path, onnx_dir: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register_logs_the_students_config_and_tags_its_hash(
+    tmp_path: Path, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The project's own store, as without the variable (mlflow.set_tracking_uri sets it anyway;
     # monkeypatch removes it again after the test).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", project_db_uri(tmp_path))
@@ -92,8 +99,9 @@ def test_register_logs_the_students_config_and_tags_its_hash(tmp_path: Path, onn
 
     def registered(name: str, config: dict, top1: float) -> dict:
         inputs = stage_inputs(tmp_path / name, config, top1)
-        return register.run(settings, onnx_dir=onnx_dir, out_path=tmp_path / f"{name}.json", project_dir=tmp_path,
-                            **inputs)
+        return register.run(
+            settings, onnx_dir=onnx_dir, out_path=tmp_path / f"{name}.json", project_dir=tmp_path, **inputs
+        )
 
     first = registered("first", trained_with(epochs=2), top1=0.5)
     assert json.loads((tmp_path / "first.json").read_text()) == first

@@ -32,7 +32,9 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(onnx_model: Path):
-    app = create_app(ServedModel(onnx_model, str(onnx_model)), ServeParams(max_upload_mb=0.05, max_images_per_request=3))
+    app = create_app(
+        ServedModel(onnx_model, str(onnx_model)), ServeParams(max_upload_mb=0.05, max_images_per_request=3)
+    )
     with TestClient(app) as test_client:
         yield test_client
 

@@ -23,14 +23,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def run_teacher(tmp_path: Path, student_method: str = "distillation", out: str = "teacher", **teacher_section) -> dict:
     """The teacher stage for a ``student_method`` student, with ``teacher_section`` as params.yaml's teacher."""
     params = parse_params({"teacher": teacher_section, "pretrain": {"method": student_method}})
-    return teacher.run(params.teacher, params.pretrain.method, params.data, tmp_path / "data", tmp_path / out,
-                       tmp_path / "ckpt")
+    return teacher.run(
+        params.teacher, params.pretrain.method, params.data, tmp_path / "data", tmp_path / out, tmp_path / "ckpt"
+    )
 
 
 def saved_model(path: Path) -> Path:
     torch.manual_seed(0)
-    save_embedding_model(path, build_backbone("resnet18_cifar").module,
-                         EmbeddingModelInfo("resnet18_cifar", 512, 32, Normalization(), "simclr"))
+    save_embedding_model(
+        path,
+        build_backbone("resnet18_cifar").module,
+        EmbeddingModelInfo("resnet18_cifar", 512, 32, Normalization(), "simclr"),
+    )
     return path
 
 
@@ -74,8 +78,9 @@ def test_a_pretrained_teacher_cannot_itself_need_a_teacher(tmp_path: Path) -> No
     assert run_teacher(tmp_path, source=str(source), method="distillation")["kind"] == "file"
 
 
-def test_pretrain_before_the_teacher_stage_ran_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture) -> None:
+def test_pretrain_before_the_teacher_stage_ran_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "ingested").mkdir(parents=True)
     (tmp_path / "data" / "ingested" / "manifest.csv").write_text("")
