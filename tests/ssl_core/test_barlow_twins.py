@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from torch import nn
 from ssl_core.losses.barlow_twins import BarlowTwinsLoss
 from ssl_core.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
 from tests.ssl_core.tiny import (
-    assert_backbone_grads_match,
     assert_checkpoint_round_trips,
+    assert_step_gives_first_view_features,
+    assert_step_matches_a_reference_projector,
     tiny_backbone,
     train_two_epochs_on_real_images,
 )
@@ -184,29 +184,18 @@ def test_training_step_matches_lightly_projection_head_loss_and_gradients():
     lightly_loss = pytest.importorskip("lightly.loss")
     heads = pytest.importorskip("lightly.models.modules.heads")
     method = make_method(config=BarlowTwinsConfig(projection_hidden_dim=32, projection_dim=24, projection_layers=3))
-    backbone = copy.deepcopy(method.backbone)
-    projection = heads.BarlowTwinsProjectionHead(FEATURE_DIM, 32, 24)
-    projection.load_state_dict({f"layers.{k}": v for k, v in method.projection_head.state_dict().items()})
-    criterion = lightly_loss.BarlowTwinsLoss(lambda_param=5e-3)
-
-    x0, x1 = images(seed=8)
-    expected = criterion(projection(backbone(x0).flatten(1)), projection(backbone(x1).flatten(1)))
-    expected.backward()
-    loss = method.training_step([x0, x1]).loss
-    loss.backward()
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
-    assert_backbone_grads_match(method.backbone, backbone)
+    assert_step_matches_a_reference_projector(
+        method,
+        heads.BarlowTwinsProjectionHead(FEATURE_DIM, 32, 24),
+        lightly_loss.BarlowTwinsLoss(lambda_param=5e-3),
+        images(seed=8),
+        abs_tolerance=1e-5,
+    )
 
 
 def test_training_step_gives_finite_loss_and_first_view_features():
-    method = make_method().train()
-    x0, x1 = images(seed=9)
-    output = method.training_step([x0, x1])
-    assert output.loss.ndim == 0 and torch.isfinite(output.loss) and output.loss.item() >= 0
-    assert output.features.shape == (8, FEATURE_DIM) and not output.features.requires_grad
-    torch.testing.assert_close(output.features, method.backbone(x0))
-    output.loss.backward()
-    assert all(p.grad is not None for p in method.trainable_parameters())
+    output = assert_step_gives_first_view_features(make_method(), images(seed=9), FEATURE_DIM)
+    assert output.loss.item() >= 0
 
 
 def test_checkpoint_state_round_trips():

@@ -6,7 +6,6 @@ CPU run, in ``test_methods_learn.py``.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from ssl_core.backbones import build_backbone
 from ssl_core.methods.factory import build_method
 from ssl_core.methods.vicreg import VICReg, VICRegConfig
 from tests.ssl_core.tiny import (
-    assert_backbone_grads_match,
     assert_checkpoint_round_trips,
+    assert_step_gives_first_view_features,
+    assert_step_matches_a_reference_projector,
     tiny_backbone,
     train_two_epochs_on_real_images,
 )
@@ -76,30 +76,18 @@ def test_training_step_matches_lightly_projection_head_loss_and_gradients():
     """Our step against lightly's VICRegProjectionHead + VICRegLoss on a copy of the network."""
     lightly_loss = pytest.importorskip("lightly.loss")
     heads = pytest.importorskip("lightly.models.modules.heads")
-    method = make_method()
-    backbone = copy.deepcopy(method.backbone)
-    expander = heads.VICRegProjectionHead(FEATURE_DIM, 32, 24, num_layers=3)
-    expander.load_state_dict({f"layers.{k}": v for k, v in method.projection_head.state_dict().items()})
-    criterion = lightly_loss.VICRegLoss(lambda_param=25.0, mu_param=25.0, nu_param=1.0)
-
-    x0, x1 = images(seed=3)
-    expected = criterion(expander(backbone(x0).flatten(1)), expander(backbone(x1).flatten(1)))
-    expected.backward()
-    loss = method.training_step([x0, x1]).loss
-    loss.backward()
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-4)
-    assert_backbone_grads_match(method.backbone, backbone)
+    assert_step_matches_a_reference_projector(
+        make_method(),
+        heads.VICRegProjectionHead(FEATURE_DIM, 32, 24, num_layers=3),
+        lightly_loss.VICRegLoss(lambda_param=25.0, mu_param=25.0, nu_param=1.0),
+        images(seed=3),
+        abs_tolerance=1e-4,
+    )
 
 
 def test_training_step_gives_finite_loss_and_first_view_features():
-    method = make_method().train()
-    x0, x1 = images(seed=4)
-    output = method.training_step([x0, x1])
-    assert output.loss.ndim == 0 and torch.isfinite(output.loss) and output.loss.item() > 0
-    assert output.features.shape == (8, FEATURE_DIM) and not output.features.requires_grad
-    torch.testing.assert_close(output.features, method.backbone(x0))
-    output.loss.backward()
-    assert all(p.grad is not None for p in method.trainable_parameters())
+    output = assert_step_gives_first_view_features(make_method(), images(seed=4), FEATURE_DIM)
+    assert output.loss.item() > 0
 
 
 def first_gradient_norm(name: str) -> float:

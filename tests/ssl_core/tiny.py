@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from torch import nn
 
@@ -71,6 +74,40 @@ def assert_momentum_network_is_cut_off(method, momentum_parameters: list[nn.Para
         p.requires_grad_(True)
     method.training_step(views).loss.backward()
     assert all(p.grad is None for p in momentum_parameters)
+
+
+def assert_step_gives_first_view_features(method, views: list[torch.Tensor], feature_dim: int):
+    """One training step: a finite scalar loss, the first view's backbone features (detached)
+    as the engine's collapse watch needs, and a gradient for every trainable parameter.
+
+    Returns the step's output, for the method's own check of its loss range.
+    """
+    output = method.train().training_step(views)
+    assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+    assert output.features.shape == (views[0].shape[0], feature_dim) and not output.features.requires_grad
+    torch.testing.assert_close(output.features, method.backbone(views[0]))
+    output.loss.backward()
+    assert all(p.grad is not None for p in method.trainable_parameters())
+    return output
+
+
+def assert_step_matches_a_reference_projector(
+    method, projector: nn.Module, criterion: nn.Module, views: list[torch.Tensor], abs_tolerance: float
+) -> None:
+    """``training_step`` against a reference projection head and loss (lightly's) on a copy of the
+    backbone, each view forwarded on its own: the same loss and the same backbone gradients.
+
+    ``projector`` gets the method's projection-head weights (lightly's heads name them ``layers.*``).
+    """
+    backbone = copy.deepcopy(method.backbone)
+    projector.load_state_dict({f"layers.{k}": v for k, v in method.projection_head.state_dict().items()})
+    x0, x1 = views
+    expected = criterion(projector(backbone(x0).flatten(1)), projector(backbone(x1).flatten(1)))
+    expected.backward()
+    loss = method.training_step([x0, x1]).loss
+    loss.backward()
+    assert loss.item() == pytest.approx(expected.item(), abs=abs_tolerance)
+    assert_backbone_grads_match(method.backbone, backbone)
 
 
 def assert_checkpoint_round_trips(method, fresh, warm_up_views, check_views) -> dict:
