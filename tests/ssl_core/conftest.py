@@ -6,6 +6,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
@@ -58,6 +59,19 @@ def cifar_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"train": IMAGES_PER_CLASS},
         NUM_CLASSES,
     )
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for tests of small tensors: they gain nothing from more, and on
+    the shared 2-core machine a second, contended OpenMP thread made steps up to 10x slower.
+
+    Use it with ``pytestmark = pytest.mark.usefixtures("single_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -23,14 +23,8 @@ FEATURE_DIM = 16
 TINY = BarlowTwinsConfig(projection_hidden_dim=32, projection_dim=24)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tensors are too small to gain from more, and on the
-    shared 2-core machine a second, contended OpenMP thread made steps up to 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tensors are too small to gain from a second thread (see the fixture).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def reference_barlow_twins(z0: torch.Tensor, z1: torch.Tensor, lambda_: float) -> float:

@@ -28,13 +28,8 @@ FEATURE_DIM = 16
 TINY = VICRegConfig(projection_hidden_dim=32, projection_dim=24)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tensors are too small to gain from more (see test_barlow_twins.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tensors are too small to gain from a second thread (see the fixture).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_method(seed: int = 0, config: VICRegConfig = TINY) -> VICReg:

@@ -9,15 +9,8 @@ import torch
 
 from ssl_core.losses import VICRegLoss
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: these tensors are too small to gain from more, and the shared
-    2-core machine slows down a contended second OpenMP thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tensors are too small to gain from a second thread (see the fixture).
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
