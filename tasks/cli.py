@@ -39,8 +39,7 @@ class MissingInputError(UserError):
 def run_stage(stage: Stage, params: Params, args: argparse.Namespace) -> None:
     """Checks that the stage's inputs exist, then runs its module's ``main``."""
     for option in stage.inputs:
-        path = Path(getattr(args, option.name))
-        required = path / option.requires if option.requires else path
+        required = option.required_under(Path(getattr(args, option.name)))
         if not required.exists():
             producer = producer_of(option.default)
             hint = f"run `sslpipe {producer.name}` first" if producer else "create it"

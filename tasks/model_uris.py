@@ -18,6 +18,7 @@ from tasks.errors import UserError
 from tasks.layout import MODEL_FILE
 from tasks.mlflow_setup import connect
 
+MODELS_PREFIX = "models:/"
 # Where the register stage logs the student's model folder in its run.
 CHECKPOINT_ARTIFACT = "checkpoint"
 
@@ -28,11 +29,11 @@ class RegistryError(UserError):
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/name@alias`` -> (name, alias, None); ``models:/name/3`` -> (name, None, "3")."""
-    if not uri.startswith("models:/"):
+    if not uri.startswith(MODELS_PREFIX):
         raise RegistryError(
             f"{uri!r} is not a model registry URI (models:/<name>@<alias> or models:/<name>/<version>)."
         )
-    body = uri.removeprefix("models:/").strip("/")
+    body = uri.removeprefix(MODELS_PREFIX).strip("/")
     if "@" in body:
         name, alias = body.split("@", 1)
         return name, alias, None

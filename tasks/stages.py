@@ -36,9 +36,13 @@ class PathOption:
     help: str
     requires: str = ""
 
+    def required_under(self, path: Path) -> Path:
+        """What must exist when the option is given ``path``: the file it requires inside, or the path itself."""
+        return path / self.requires if self.requires else path
+
     @property
     def required_path(self) -> Path:
-        return self.default / self.requires if self.requires else self.default
+        return self.required_under(self.default)
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,11 @@ from ssl_core.model_file import load_embedding_model
 from tasks import pretrain
 from tasks.errors import UserError
 from tasks.layout import MODEL_FILE, TEACHER_SPEC
-from tasks.model_uris import download_checkpoint
+from tasks.model_uris import MODELS_PREFIX, download_checkpoint
 from tasks.params import DataParams, Params, ParamsError, TeacherParams
 
 logger = logging.getLogger(__name__)
 
-MODELS_PREFIX = "models:/"
 DINOV2_PREFIX = "dinov2:"
 
 
