@@ -124,6 +124,11 @@ def import_closure(*modules: str) -> set[Path]:
     return seen
 
 
+def stage_files(stage: Stage) -> set[Path]:
+    """Every project file ``sslpipe <stage>`` imports: the CLI's closure and the stage module's."""
+    return import_closure(CLI_MODULE, stage.module)
+
+
 def code_deps(stage: Stage) -> list[str]:
     """The project files ``sslpipe <stage>`` imports, as dvc.yaml lists them.
 
@@ -131,7 +136,7 @@ def code_deps(stage: Stage) -> list[str]:
     files for DVC, and a module added to it later (a new method in
     ``ssl_core/methods/``) is a dependency without an edit here.
     """
-    return sorted(as_folders(import_closure(CLI_MODULE, stage.module)))
+    return sorted(as_folders(stage_files(stage)))
 
 
 def depends_on(deps: list[str], file: str) -> bool:
@@ -162,7 +167,7 @@ def as_folders(files: set[Path]) -> set[str]:
 def lazy_project_imports(stage: Stage) -> list[str]:
     """``file:line`` of each import of a project module inside a function of the stage's code (but the CLI's)."""
     found = []
-    for path in import_closure(CLI_MODULE, stage.module):
+    for path in stage_files(stage):
         if module_name(path) == CLI_MODULE:
             continue
         tree = ast.parse(path.read_text())

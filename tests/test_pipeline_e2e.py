@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from scripts.dvc_deps import CLI_MODULE, import_closure
+from scripts.dvc_deps import stage_files
 from tasks.stages import STAGE_NAMES, STAGES
 from tests.datasets import REPO_ROOT
 
@@ -153,9 +153,7 @@ def test_editing_a_file_makes_exactly_the_stages_that_import_it_stale(project: P
     """
     from dvc.repo import Repo
 
-    imports = {
-        s.name: {p.relative_to(REPO_ROOT).as_posix() for p in import_closure(CLI_MODULE, s.module)} for s in STAGES
-    }
+    imports = {s.name: {p.relative_to(REPO_ROOT).as_posix() for p in stage_files(s)} for s in STAGES}
     assert "ssl_core/knn.py" in imports["evaluate"]
     assert "ssl_core/knn.py" not in imports["teacher"] | imports["pretrain"]
     sh(project, "dvc", "repro")  # earlier tests may have changed params
