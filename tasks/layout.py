@@ -13,6 +13,7 @@ from ssl_core.manifest import MANIFEST_NAME
 
 PARAMS = Path("params.yaml")
 INGESTED = Path("data/ingested")
+CURATED = Path("data/curated")
 TEACHER = Path("models/teacher")
 TEACHER_CHECKPOINTS = Path("checkpoints/teacher")
 STUDENT = Path("models/student")

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ssl_core.config_checks import PRECISIONS
+from ssl_core.curation.settings import SELECTION_STRATEGIES, QualityThresholds
 from ssl_core.methods import METHOD_NAMES, RECIPES
 from tasks.errors import UserError
 
@@ -75,6 +76,86 @@ class IngestParams(_Section):
     default_split: str = "train"
     # Larger images are quarantined: protects against decompression bombs.
     max_image_pixels: int = Field(default=89_478_485, ge=1)
+
+
+QualityThresholds.__pydantic_config__ = ConfigDict(extra="forbid")  # ssl_core's defaults, validated here
+
+# What curate may drop: each is a check of the report (docs/curation.md).
+DROP_REASONS = (
+    "exact_duplicates",
+    "near_duplicates",
+    "leakage",
+    "dark",
+    "overexposed",
+    "low_information",
+    "blurry",
+    "odd_size",
+    "outliers",
+)
+
+
+class NearDuplicateParams(_Section):
+    # Neighbours of each image checked as candidates (ssl_core.curation.neighbors).
+    neighbors: int = Field(default=10, ge=1)
+    # Aligned pixel similarity (ssl_core.curation.alignment) from which a pair is the same shot.
+    similarity: float = Field(default=0.9, gt=0, le=1)
+
+
+class OutlierParams(_Section):
+    neighbors: int = Field(default=10, ge=1)
+    # Robust z-score of the mean distance to the nearest images, from which an image is an outlier.
+    z: float = Field(default=5.0, gt=0)
+
+
+class SelectionParams(_Section):
+    # Images of the training split to pick for labeling; 0 picks none.
+    size: int = Field(default=0, ge=0)
+    strategy: Literal[SELECTION_STRATEGIES] = "typicality"  # type: ignore[valid-type]
+    seed: int = 0
+
+
+class SearchParams(_Section):
+    # Up to this many images the neighbour search is exact; above, faiss IVF-SQ8.
+    exact_up_to: int = Field(default=100_000, ge=1)
+    nprobe: int = Field(default=16, ge=1)
+
+
+class CurateParams(_Section):
+    """Duplicates, leaks, quality problems, outliers, and what to drop or label (docs/curation.md)."""
+
+    # pixels (offline, no model) | path/to/model.pt | models:/<name>@<alias> (e.g. last run's champion)
+    embedder: str = "pixels"
+    drop: tuple[str, ...] = ("exact_duplicates", "near_duplicates", "leakage", "dark", "overexposed", "low_information")
+    near_duplicates: NearDuplicateParams = NearDuplicateParams()
+    # Test images whose aligned similarity to a training image reaches this are leaks.
+    leakage_similarity: float = Field(default=0.9, gt=0, le=1)
+    quality: QualityThresholds = Field(default_factory=QualityThresholds)
+    outliers: OutlierParams = OutlierParams()
+    selection: SelectionParams = SelectionParams()
+    search: SearchParams = SearchParams()
+    map_points: int = Field(default=3000, ge=0)  # points on the report's 2-D map; 0 draws none
+    batch_size: int = Field(default=256, ge=1)  # for a model embedder
+    device: str = "auto"
+    precision: str = "bf16-mixed"
+    num_workers: int = Field(default=2, ge=0)  # processes decoding images
+
+    _check_device = field_validator("device")(lambda cls, v: _valid_device(v))
+    _check_precision = field_validator("precision")(lambda cls, v: _valid_precision(v))
+
+    @field_validator("drop")
+    @classmethod
+    def _known_reasons(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [reason for reason in value if reason not in DROP_REASONS]
+        if unknown:
+            raise ValueError(f"unknown {unknown}; each must be one of {', '.join(DROP_REASONS)}")
+        return value
+
+    @field_validator("embedder")
+    @classmethod
+    def _named_embedder(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must be 'pixels', a model.pt path or 'models:/<name>@<alias>'")
+        return value
 
 
 class AugmentParams(_Section):
@@ -235,6 +316,7 @@ class Params(_Section):
 
     data: DataParams = DataParams()
     ingest: IngestParams = IngestParams()
+    curate: CurateParams = CurateParams()
     teacher: TeacherParams = TeacherParams()
     pretrain: TrainingParams = TrainingParams()
     evaluate: EvaluateParams = EvaluateParams()

@@ -64,7 +64,9 @@ class Stage:
         return " ".join([f"sslpipe {self.name}", *(f"--{o.name} {o.default.as_posix()}" for o in self.options)])
 
 
-DATA = PathOption("data", layout.INGESTED, "ingested dataset", requires=layout.MANIFEST_FILE)
+INGESTED = PathOption("data", layout.INGESTED, "ingested dataset", requires=layout.MANIFEST_FILE)
+# What every stage after curate reads: the curated dataset (any ingested one works too).
+DATA = PathOption("data", layout.CURATED, "curated dataset", requires=layout.MANIFEST_FILE)
 STUDENT = PathOption("model", layout.STUDENT, "model folder of the pretrain stage", requires=layout.MODEL_FILE)
 
 STAGES: tuple[Stage, ...] = (
@@ -73,6 +75,15 @@ STAGES: tuple[Stage, ...] = (
         "tasks.ingest",
         "decode and catalogue the images of ingest.source",
         outputs=(PathOption("out", layout.INGESTED, "output folder: images/, manifest.csv, ingest_report.json"),),
+    ),
+    Stage(
+        "curate",
+        "tasks.curate",
+        "find duplicates, leaks, quality problems and outliers; drop what curate.drop lists",
+        inputs=(INGESTED,),
+        outputs=(
+            PathOption("out", layout.CURATED, "curated dataset: images/, manifest.csv, report.json, report.html"),
+        ),
     ),
     Stage(
         "teacher",
