@@ -6,6 +6,9 @@ not what params.yaml says now), the kNN metrics, the per-epoch training curve, t
 PyTorch checkpoint (``checkpoint/model.pt``, so the model can later serve as a
 distillation teacher) and the ONNX model logged with the ONNX flavor and a
 signature. The registered version is that ONNX model: it is what serving deploys.
+Data curated by the curate stage adds its ``report.json`` and ``report.html`` (under
+``curation/``) and its counts as ``curation_*`` metrics (``curation_kept``,
+``curation_dropped_<reason>``, ``curation_quality_<issue>``, ...).
 
 Aliases: the new version becomes ``challenger``; ``champion`` moves to it only if
 its kNN top-1 beats the current champion's by ``register.champion_margin``.
@@ -41,6 +44,10 @@ logger = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 METRIC_TAG = "knn_top1"
+# What the curate stage writes in its output folder (tasks.curate.stage), and ingest in its own.
+CURATION_REPORT = "report.json"
+CURATION_PAGE = "report.html"
+INGEST_REPORT = "ingest_report.json"
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -69,6 +76,8 @@ def run(
         "params_hash": hashlib.sha256(json.dumps(logged_params, sort_keys=True).encode()).hexdigest()[:16],
         METRIC_TAG: f"{metrics['student']['top1']:.6f}",
     }
+    curation_report = ingested / CURATION_REPORT
+    curation = json.loads(curation_report.read_text()) if curation_report.is_file() else None
     name = register.model_name
     training = trained_with["training"]
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{training['method']}-{training['backbone']}") as run:
@@ -81,7 +90,13 @@ def run(
             )
         mlflow.log_artifacts(str(student_dir), CHECKPOINT_ARTIFACT)
         mlflow.log_artifacts(str(evaluation_dir), "evaluation")
-        mlflow.log_artifact(str(ingested / "ingest_report.json"), "data")
+        if (ingested / INGEST_REPORT).is_file():
+            mlflow.log_artifact(str(ingested / INGEST_REPORT), "data")
+        if curation is not None:
+            mlflow.log_metrics(curation_metrics(curation))
+            for page in (CURATION_REPORT, CURATION_PAGE):
+                if (ingested / page).is_file():
+                    mlflow.log_artifact(str(ingested / page), "curation")
         model_info = log_onnx(onnx_dir / ONNX_FILE, name)
         run_id = run.info.run_id
 
@@ -168,6 +183,18 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def curation_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The counts of curate's report.json as ``curation_<count>``, nested ones joined by ``_``.
+
+    e.g. ``{"kept": 290, "dropped": {"leakage": 3}}`` -> ``curation_kept``, ``curation_dropped_leakage``.
+    """
+    return {
+        "curation_" + key.replace(".", "_"): float(value)
+        for key, value in flatten(report.get("counts", {})).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:

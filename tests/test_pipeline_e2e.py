@@ -1,7 +1,8 @@
 """End to end on 300 real CIFAR-10 images: DVC, Prefect, MLflow registry, serving, CLI.
 
 One project copy in a temporary folder goes through the whole life of a user's
-repository, in order: ``dvc repro``; ``dvc repro`` again (a no-op); the Prefect flow
+repository, in order: ``dvc repro`` (ingest, curate, then every stage on the
+curated data); ``dvc repro`` again (a no-op); the Prefect flow
 (every stage Cached); a parameter change (only downstream stages rerun); an edit of
 each project file (exactly the stages that import it go stale); the champion served
 by registry alias; the champion reused as a distillation teacher; and the CLI's
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from scripts.dvc_deps import stage_files
+from ssl_core.manifest import read_manifest
 from tasks.stages import STAGE_NAMES, STAGES
 from tests.datasets import REPO_ROOT
 
@@ -96,9 +98,16 @@ def first_metrics(project: Path) -> dict:
 
 def test_dvc_repro_runs_the_whole_chain(project: Path, first_metrics: dict) -> None:
     assert 0.0 < first_metrics["student"]["top1"] <= 1.0 and 0.0 < first_metrics["random_init"]["top1"] <= 1.0
-    assert first_metrics["num_bank"] == 200 and first_metrics["num_queries"] == 100
+    # Later stages read the curated data: what curate kept of the 200 train and 100 test images.
+    curated = read_manifest(project / "data/curated/manifest.csv")
+    report = json.loads((project / "data/curated/report.json").read_text())
+    assert report["counts"]["images"] == 300 and report["counts"]["kept"] == len(curated)
+    assert first_metrics["num_bank"] == sum(r.split == "train" for r in curated) <= 200
+    assert first_metrics["num_queries"] == sum(r.split == "test" for r in curated) <= 100
+    assert first_metrics["num_leaked_queries"] == len({leak["test"] for leak in report["leakage"]})
     for output in (
         "data/ingested/manifest.csv",
+        "data/curated/report.html",
         "models/teacher/model.pt",
         "models/student/model.pt",
         "models/student/training.png",
@@ -141,6 +150,12 @@ def test_one_param_change_reruns_only_downstream_stages(project: Path, first_met
     version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("ssl-embedder", "2")
     assert version.tags["params_hash"] == registration["tags"]["params_hash"]
     assert "challenger" in version.aliases
+    # The curation report and its counts are part of the run.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    report = json.loads((project / "data/curated/report.json").read_text())
+    assert client.get_run(registration["run_id"]).data.metrics["curation_kept"] == report["counts"]["kept"]
+    artifacts = {a.path for a in client.list_artifacts(registration["run_id"], "curation")}
+    assert artifacts == {"curation/report.json", "curation/report.html"}
 
 
 def test_editing_a_file_makes_exactly_the_stages_that_import_it_stale(project: Path, first_metrics: dict) -> None:
@@ -237,6 +252,11 @@ def test_bad_input_gets_one_line_errors(project: Path, first_metrics: dict, tmp_
         check=False,
     )
     assert result.returncode == 2 and "is empty" in result.stderr
+    result = sh(
+        project, "sslpipe", "curate", "--set", "curate.embedder=nope.pt", "--out", str(tmp_path / "cur"), check=False
+    )
+    assert result.returncode == 2 and "curate.embedder = 'nope.pt'" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "cur").exists()
 
 
 def test_cli_run_reproduces_the_dvc_metrics(first_metrics: dict, tiny_cifar_archive: Path, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ and expected failures as one line with exit status 2."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from tasks.params import ParamsError
 from tasks.stages import STAGE_NAMES, STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PIPELINE = ("ingest", "teacher", "pretrain", "evaluate", "export", "register")
+PIPELINE = ("ingest", "curate", "teacher", "pretrain", "evaluate", "export", "register")
 COMMANDS = (*STAGE_NAMES, "serve", "run", "summary")
 
 
@@ -63,19 +65,26 @@ def test_user_errors_are_one_line_with_status_2(tmp_path: Path, capsys: pytest.C
     code = main(["evaluate", "--params", str(REPO_ROOT / "params.yaml"), "--data", str(tmp_path / "none")])
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error
-    assert f"{tmp_path / 'none' / 'manifest.csv'} not found: run `sslpipe ingest` first, or pass --data." in error
+    assert f"{tmp_path / 'none' / 'manifest.csv'} not found: run `sslpipe curate` first, or pass --data." in error
+    code = main(["curate", "--params", str(REPO_ROOT / "params.yaml"), "--data", str(tmp_path / "none")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and f"{tmp_path / 'none' / 'manifest.csv'} not found: run `sslpipe ingest` first" in error
 
 
 @pytest.mark.parametrize("module", [*(s.module for s in STAGES), "tasks.serve", "tasks.model_uris"])
 def test_every_stage_error_is_a_user_error(module: str) -> None:
     """The CLI prints UserErrors as one line; every error a stage defines must be one."""
-    import importlib
-
     loaded = importlib.import_module(module)
+    # A stage that is a package (tasks.curate) defines its errors in its modules.
+    modules = [
+        loaded,
+        *(importlib.import_module(m.name) for m in pkgutil.iter_modules(getattr(loaded, "__path__", []), f"{module}.")),
+    ]
     errors = [
         obj
-        for obj in vars(loaded).values()
-        if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == module
+        for part in modules
+        for obj in vars(part).values()
+        if isinstance(obj, type) and issubclass(obj, Exception) and obj.__module__ == part.__name__
     ]
     assert errors or module == "tasks.register", f"{module} defines no error class"
     assert all(issubclass(error, UserError) for error in errors), errors

@@ -112,6 +112,11 @@ def test_register_logs_the_students_config_and_tags_its_hash(
     assert run.data.params["training.epochs"] == "2" and run.data.params["training.method"] == "simclr"
     assert run.data.params["register.model_name"] == "emb"
     assert run.info.run_name == "simclr-tiny"
+    # Ingested data, no curation report: its ingest report, nothing of curation.
+    assert not [key for key in run.data.metrics if key.startswith("curation_")]
+    artifacts = MlflowClient(first["tracking_uri"]).list_artifacts(first["run_id"], "data")
+    assert [a.path for a in artifacts] == ["data/ingest_report.json"]
+    assert not MlflowClient(first["tracking_uri"]).list_artifacts(first["run_id"], "curation")
     # Artifacts go to the project's mlartifacts/, never to the folder the process runs in.
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     assert not any(elsewhere.iterdir())
@@ -126,3 +131,60 @@ def test_register_logs_the_students_config_and_tags_its_hash(
     assert client.get_model_version("emb", same["version"]).aliases == []  # the challenger moved on
     version = client.get_model_version("emb", other["version"])
     assert version.tags["params_hash"] == other["tags"]["params_hash"] and version.tags[METRIC_TAG] == "0.500000"
+
+
+def test_register_logs_the_curation_report_and_counts(
+    tmp_path: Path, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project_db_uri(tmp_path))
+    inputs = stage_inputs(tmp_path / "curated", trained_with(epochs=2), top1=0.5)
+    curated = inputs["ingested"]
+    (curated / "ingest_report.json").unlink()  # a data folder without one registers too
+    counts = {
+        "images": 300,
+        "kept": 290,
+        "dropped": {"exact_duplicates": 4, "leakage": 3, "dark": 3},
+        "exact_duplicate_groups": 4,
+        "near_duplicate_groups": 2,
+        "leaked_test_images": 3,
+        "quality": {"dark": 3, "blurry": 7},
+        "outliers": 1,
+    }
+    (curated / "report.json").write_text(json.dumps({"leakage": [], "counts": counts}))
+    (curated / "report.html").write_text("<html><body>curation</body></html>")
+    metrics = {
+        "student": {"top1": 0.5, "top5": 0.9, "top1_without_leaks": 0.48, "top5_without_leaks": 0.88},
+        "random_init": {"top1": 0.2, "top5": 0.6, "top1_without_leaks": 0.19, "top5_without_leaks": 0.58},
+        "num_leaked_queries": 3,
+        "k": 20,
+    }
+    (inputs["evaluation_dir"] / "metrics.json").write_text(json.dumps(metrics))
+
+    summary = register.run(
+        RegisterParams(model_name="emb"),
+        onnx_dir=onnx_dir,
+        out_path=tmp_path / "r.json",
+        project_dir=tmp_path,
+        **inputs,
+    )
+
+    client = MlflowClient(summary["tracking_uri"])
+    logged = client.get_run(summary["run_id"]).data.metrics
+    assert {k: v for k, v in logged.items() if k.startswith("curation_")} == {
+        "curation_images": 300,
+        "curation_kept": 290,
+        "curation_dropped_exact_duplicates": 4,
+        "curation_dropped_leakage": 3,
+        "curation_dropped_dark": 3,
+        "curation_exact_duplicate_groups": 4,
+        "curation_near_duplicate_groups": 2,
+        "curation_leaked_test_images": 3,
+        "curation_quality_dark": 3,
+        "curation_quality_blurry": 7,
+        "curation_outliers": 1,
+    }
+    assert logged["student.top1_without_leaks"] == 0.48 and logged["random_init.top5_without_leaks"] == 0.58
+    assert logged["num_leaked_queries"] == 3
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"], "curation")}
+    assert artifacts == {"curation/report.json", "curation/report.html"}
+    assert not client.list_artifacts(summary["run_id"], "data")

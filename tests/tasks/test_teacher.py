@@ -82,8 +82,8 @@ def test_pretrain_before_the_teacher_stage_ran_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data" / "ingested").mkdir(parents=True)
-    (tmp_path / "data" / "ingested" / "manifest.csv").write_text("")
+    (tmp_path / "data" / "curated").mkdir(parents=True)
+    (tmp_path / "data" / "curated" / "manifest.csv").write_text("")
     assert cli.main(["pretrain", "--params", str(REPO_ROOT / "params.yaml")]) == 2
     error = capsys.readouterr().err
     assert "models/teacher/teacher.json not found: run `sslpipe teacher` first" in error
