@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 _set(raw["curate"], key, json.loads(value) if value[:1] in "0123456789[{-tf" else value)
             params = parse_params(raw)
             started = time.perf_counter()
-            report = curate(params.curate, params.data, corpus, Path(tmp) / "curated")
+            report = curate(
+                params.curate, params.data.train_split, params.data.test_split, corpus, Path(tmp) / "curated"
+            )
             seconds = time.perf_counter() - started
             name = Path(embedder).parent.name or embedder if embedder != "pixels" else "pixels"
             scored = score_report(report, truth)

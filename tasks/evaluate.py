@@ -31,13 +31,10 @@ from ssl_core.knn import KNNResult, knn_evaluate
 from ssl_core.model_file import load_embedding_model
 from ssl_core.precision import resolve_device, seed_everything
 from tasks.errors import UserError
-from tasks.layout import METRICS_FILE, MODEL_FILE
+from tasks.layout import CURATION_REPORT, METRICS_FILE, MODEL_FILE
 from tasks.params import EvaluateParams, Params
 
 logger = logging.getLogger(__name__)
-
-# The curate stage's report in its output folder (tasks.curate.stage.REPORT_JSON).
-CURATION_REPORT = "report.json"
 
 
 class EvaluationError(UserError):

@@ -35,13 +35,14 @@ from tqdm import tqdm
 
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
 from tasks.errors import UserError
+from tasks.layout import INGEST_REPORT
 from tasks.params import IngestParams, Params
 
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train", "test", "val", "valid", "validation"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-REPORT_NAME = "ingest_report.json"
+REPORT_NAME = INGEST_REPORT
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

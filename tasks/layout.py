@@ -28,3 +28,6 @@ MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
 TEACHER_SPEC = "teacher.json"
 METRICS_FILE = "metrics.json"
+INGEST_REPORT = "ingest_report.json"  # in an ingested folder, and copied into a curated one
+CURATION_REPORT = "report.json"  # in a curated folder: what curate found and dropped
+CURATION_PAGE = "report.html"

@@ -98,7 +98,7 @@ class NearDuplicateParams(_Section):
     # Neighbours of each image checked as candidates (ssl_core.curation.neighbors).
     neighbors: int = Field(default=10, ge=1)
     # Aligned pixel similarity (ssl_core.curation.alignment) from which a pair is the same shot.
-    similarity: float = Field(default=0.9, gt=0, le=1)
+    similarity: float = Field(default=0.85, gt=0, le=1)
 
 
 class OutlierParams(_Section):
@@ -126,9 +126,12 @@ class CurateParams(_Section):
     # pixels (offline, no model) | path/to/model.pt | models:/<name>@<alias> (e.g. last run's champion)
     embedder: str = "pixels"
     drop: tuple[str, ...] = ("exact_duplicates", "near_duplicates", "leakage", "dark", "overexposed", "low_information")
+    # Whether drop applies to the test split too; by default the test split stays whole
+    # (its problems are reported), so accuracies stay comparable across curations.
+    drop_test_images: bool = False
     near_duplicates: NearDuplicateParams = NearDuplicateParams()
     # Test images whose aligned similarity to a training image reaches this are leaks.
-    leakage_similarity: float = Field(default=0.9, gt=0, le=1)
+    leakage_similarity: float = Field(default=0.85, gt=0, le=1)
     quality: QualityThresholds = Field(default_factory=QualityThresholds)
     outliers: OutlierParams = OutlierParams()
     selection: SelectionParams = SelectionParams()

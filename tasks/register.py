@@ -34,7 +34,7 @@ from mlflow.models import infer_signature
 
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
 from ssl_core.onnx_format import INPUT_NAME, OUTPUT_NAME, onnx_session, read_onnx_metadata
-from tasks.layout import METRICS_FILE, ONNX_FILE
+from tasks.layout import CURATION_PAGE, CURATION_REPORT, INGEST_REPORT, METRICS_FILE, ONNX_FILE
 from tasks.mlflow_setup import connect, ensure_experiment
 from tasks.model_uris import CHECKPOINT_ARTIFACT
 from tasks.params import Params, RegisterParams
@@ -44,10 +44,6 @@ logger = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 METRIC_TAG = "knn_top1"
-# What the curate stage writes in its output folder (tasks.curate.stage), and ingest in its own.
-CURATION_REPORT = "report.json"
-CURATION_PAGE = "report.html"
-INGEST_REPORT = "ingest_report.json"
 
 
 def main(params: Params, args: argparse.Namespace) -> None:

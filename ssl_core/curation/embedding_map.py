@@ -74,7 +74,9 @@ def _tsne(x: np.ndarray, seed: int) -> np.ndarray:
     if m == 0:
         return np.zeros((0, 2), dtype=np.float32)
     x = _pca(x, PCA_DIMS)  # (m, min(50, d, m))
-    if m < 4 or x.shape[1] < 2:
+    # Fewer than 4 distinct points (e.g. every image blank) leave t-SNE nothing to place:
+    # scikit-learn's Barnes-Hut code crashes the process on them instead of raising.
+    if m < 4 or x.shape[1] < 2 or len(np.unique(x.round(6), axis=0)) < 4:
         # t-SNE needs a few points and 2 dims to place; a plain projection says as much.
         k = min(2, x.shape[1])
         xy = np.zeros((m, 2), dtype=np.float32)

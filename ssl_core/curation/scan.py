@@ -39,11 +39,12 @@ class ScanResult:
     digests: list[str]
     scores: dict[str, np.ndarray]  # {pixel issue: (N,) float32}, see ssl_core.curation.quality
     renditions: np.ndarray  # (N, 32, 32) uint8, see ssl_core.curation.alignment
+    file_bytes: np.ndarray  # (N,) int64: of two copies of a shot, the larger file was compressed less
     pixel_embeddings: np.ndarray | None  # (N, D) float32, when asked for
     unreadable: dict[int, str]  # index -> error; their digest is "" and scores 0
 
 
-_Scanned = tuple[str, tuple[float, ...], np.ndarray, np.ndarray | None, str]
+_Scanned = tuple[str, tuple[float, ...], np.ndarray, np.ndarray | None, int, str]
 
 
 def _scan_one(job: tuple[Path, bool]) -> _Scanned:
@@ -53,11 +54,13 @@ def _scan_one(job: tuple[Path, bool]) -> _Scanned:
             rgb = image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         blank = np.zeros((SIDE, SIDE), dtype=np.uint8)
-        return "", (0.0,) * len(PIXEL_ISSUES), blank, None, f"{type(error).__name__}: {error}"
+        return "", (0.0,) * len(PIXEL_ISSUES), blank, None, 0, f"{type(error).__name__}: {error}"
     array = np.asarray(rgb)
     scores = pixel_quality_scores(array)
     embedding = pixel_embedding(rgb) if with_embedding else None
-    return pixel_digest(array), tuple(scores[i] for i in PIXEL_ISSUES), alignment_rendition(rgb), embedding, ""
+    rendition = alignment_rendition(rgb)
+    scored = tuple(scores[i] for i in PIXEL_ISSUES)
+    return pixel_digest(array), scored, rendition, embedding, path.stat().st_size, ""
 
 
 def scan_images(
@@ -86,9 +89,9 @@ def scan_images(
     unreadable = {i: error for i, (*_, error) in enumerate(results) if error}
     embeddings = None
     if with_pixel_embeddings:
-        dim = next((e.shape[0] for *_, e, _ in results if e is not None), 0)
+        dim = next((e.shape[0] for *_, e, _, _ in results if e is not None), 0)
         embeddings = np.zeros((len(jobs), dim), dtype=np.float32)
-        for i, (*_, embedding, _) in enumerate(results):
+        for i, (*_, embedding, _, _) in enumerate(results):
             if embedding is not None:
                 embeddings[i] = embedding
     return ScanResult(
@@ -97,6 +100,7 @@ def scan_images(
         renditions=np.stack([rendition for _, _, rendition, *_ in results])
         if results
         else np.zeros((0, SIDE, SIDE), np.uint8),
+        file_bytes=np.array([size for *_, size, _ in results], dtype=np.int64),
         pixel_embeddings=embeddings,
         unreadable=unreadable,
     )

@@ -17,4 +17,4 @@ __all__ = ["CurationError", "main", "run"]
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    run(params.curate, params.data, args.data, args.out)
+    run(params.curate, params.data.train_split, params.data.test_split, args.data, args.out)

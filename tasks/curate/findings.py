@@ -37,6 +37,7 @@ class Findings:
     near_groups: list[NearDuplicateGroup]
     leaks: list[Leak]
     scores: dict[str, np.ndarray]  # {quality issue: (N,) score}
+    priority: np.ndarray  # (N,) rank as the copy to keep, see keep_priority
     flagged: dict[str, np.ndarray]  # {quality issue: indices, worst first}
     outlier_scores: np.ndarray
     outliers: np.ndarray
@@ -68,9 +69,8 @@ def find_problems(
     aligned = aligned_similarity(scan.renditions, first, second)
     similar = aligned >= params.near_duplicates.similarity
     digests = [d or f"unreadable:{i}" for i, d in enumerate(scan.digests)]
-    near_groups = near_duplicate_groups(
-        keep_priority(records, scan.scores["blurry"]), first[similar], second[similar], aligned[similar], digests
-    )
+    priority = keep_priority(records, scan.file_bytes)
+    near_groups = near_duplicate_groups(priority, first[similar], second[similar], aligned[similar], digests)
 
     leaks = _leaks(records, scan, embeddings, digests, params, settings, train_split, test_split)
 
@@ -86,6 +86,7 @@ def find_problems(
         near_groups=near_groups,
         leaks=leaks,
         scores=scores,
+        priority=priority,
         flagged=flagged,
         outlier_scores=outlier,
         outliers=outliers,
@@ -139,18 +140,23 @@ def keep_priority(records: list[ManifestRecord], blurry: np.ndarray) -> np.ndarr
     return rank
 
 
-def choose_drops(records: list[ManifestRecord], findings: Findings, drop: tuple[str, ...]) -> dict[int, str]:
+def choose_drops(
+    records: list[ManifestRecord], findings: Findings, drop: tuple[str, ...], protected_split: str | None = None
+) -> dict[int, str]:
     """``{index: reason}`` of the images the curated manifest leaves out.
 
     Of each duplicate group, one image per split stays: the first by
-    :func:`keep_priority`. A leak drops its training image, so the test
-    split, which every reported accuracy rests on, stays whole.
+    :func:`keep_priority`. A leak drops its training image. Images of
+    ``protected_split`` (the test split, which every reported accuracy rests on,
+    unless ``curate.drop_test_images``) are only flagged, never dropped, but for
+    those that no longer decode.
     """
     dropped: dict[int, str] = {i: f"unreadable: {error}" for i, error in findings.unreadable.items()}
-    priority = keep_priority(records, findings.scores["blurry"])
+    priority = findings.priority
 
     def mark(index: int, reason: str) -> None:
-        dropped.setdefault(index, reason)
+        if records[index].split != protected_split:
+            dropped.setdefault(index, reason)
 
     def keep_one_per_split(group: list[int], reason: str) -> None:
         by_split: dict[str, list[int]] = {}

@@ -39,24 +39,26 @@ from tasks.curate.embedder import resolve_embedder
 from tasks.curate.findings import Findings, choose_drops, find_problems
 from tasks.curate.report_page import write_report_page
 from tasks.errors import UserError
-from tasks.params import CurateParams, DataParams
+from tasks.layout import CURATION_PAGE, CURATION_REPORT, INGEST_REPORT
+from tasks.params import CurateParams
 
 logger = logging.getLogger(__name__)
 
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
 SCORES_CSV = "scores.csv"
-INGEST_REPORT = "ingest_report.json"  # tasks.ingest.REPORT_NAME, carried along
 
 
 class CurationError(UserError):
     """The data cannot be curated as asked; the message says what to change."""
 
 
-def run(params: CurateParams, data: DataParams, ingested: Path, out_dir: Path) -> dict:
-    """Curates ``ingested`` into ``out_dir`` (replaced) and returns the report."""
+def run(params: CurateParams, train_split: str, test_split: str, ingested: Path, out_dir: Path) -> dict:
+    """Curates ``ingested`` into ``out_dir`` (replaced) and returns the report.
+
+    ``train_split`` is what training reads and selection picks from; test images
+    similar to training ones are leaks.
+    """
     records = read_manifest(ingested / MANIFEST_NAME)
-    _check_request(params, data, records, ingested)
+    _check_request(params, train_split, records, ingested)
     with tempfile.TemporaryDirectory(prefix="curate-") as tmp:
         model_file = resolve_embedder(params.embedder, Path(tmp))
         with tqdm(total=len(records), desc="scan", unit="img", mininterval=1.0) as bar:
@@ -72,15 +74,16 @@ def run(params: CurateParams, data: DataParams, ingested: Path, out_dir: Path) -
                     model_file, ingested, params.batch_size, 0, device, params.precision, on_batch=bar.update
                 )
     logger.info("Searching neighbours of %d images", len(records))
-    findings = find_problems(records, scan, embeddings, params, data.train_split, data.test_split)
-    dropped = choose_drops(records, findings, params.drop)
-    if len(dropped) == len(records):
+    findings = find_problems(records, scan, embeddings, params, train_split, test_split)
+    dropped = choose_drops(records, findings, params.drop, None if params.drop_test_images else test_split)
+    kept_train = sum(r.split == train_split for i, r in enumerate(records) if i not in dropped)
+    if kept_train == 0 or len(dropped) == len(records):
         raise CurationError(
-            f"curate.drop = {list(params.drop)} would drop all {len(records)} images of {ingested}: "
+            f"curate.drop = {list(params.drop)} would drop every image of split {train_split!r} in {ingested}: "
             f"nothing would be left to train on. Drop fewer reasons or raise their thresholds."
         )
     kept = [r for i, r in enumerate(records) if i not in dropped]
-    report = build_report(records, findings, dropped, embeddings, params, data, scan.digests)
+    report = build_report(records, findings, dropped, embeddings, params, train_split, test_split, scan.digests)
 
     # Staged beside out_dir: the final rename and the hard links stay on one file system.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -88,10 +91,10 @@ def run(params: CurateParams, data: DataParams, ingested: Path, out_dir: Path) -
     staging.chmod(0o755)  # mkdtemp's 0700 would leave the dataset readable by its owner only
     try:
         _write_dataset(ingested, kept, staging)
-        (staging / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n")
+        (staging / CURATION_REPORT).write_text(json.dumps(report, indent=1) + "\n")
         _write_scores(records, findings, staging / SCORES_CSV)
         shown = _map(records, embeddings, findings, dropped, params.map_points)
-        write_report_page(report, ingested, staging / REPORT_HTML, embedding_map=shown)
+        write_report_page(report, ingested, staging / CURATION_PAGE, embedding_map=shown)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -103,19 +106,19 @@ def run(params: CurateParams, data: DataParams, ingested: Path, out_dir: Path) -
         counts["images"],
         counts["kept"],
         ", ".join(f"{n} {reason}" for reason, n in counts["dropped"].items()) or "none dropped",
-        out_dir / REPORT_HTML,
+        out_dir / CURATION_PAGE,
     )
     return report
 
 
-def _check_request(params: CurateParams, data: DataParams, records: list[ManifestRecord], ingested: Path) -> None:
+def _check_request(params: CurateParams, train_split: str, records: list[ManifestRecord], ingested: Path) -> None:
     """The errors a user can fix, before any work."""
     if not records:
         raise CurationError(f"{ingested / MANIFEST_NAME} lists no image: ingest a folder or archive with images first.")
-    num_train = sum(r.split == data.train_split for r in records)
+    num_train = sum(r.split == train_split for r in records)
     if params.selection.size > num_train:
         raise CurationError(
-            f"curate.selection.size = {params.selection.size} but split {data.train_split!r} has only {num_train} "
+            f"curate.selection.size = {params.selection.size} but split {train_split!r} has only {num_train} "
             f"images: pick at most {num_train}, or 0 for no selection."
         )
 
@@ -126,7 +129,8 @@ def build_report(
     dropped: dict[int, str],
     embeddings: np.ndarray,
     params: CurateParams,
-    data: DataParams,
+    train_split: str,
+    test_split: str,
     digests: list[str],
 ) -> dict:
     """report.json: paths as in the ingested manifest, every list worst or most similar first."""
@@ -147,7 +151,7 @@ def build_report(
             {"train": path[leak.train], "test": path[leak.test], "similarity": leak.similarity}
             for leak in findings.leaks
         ],
-        "leaked_test_fraction": round(len(leaked_tests) / max(1, splits.get(data.test_split, 0)), 4),
+        "leaked_test_fraction": round(len(leaked_tests) / max(1, splits.get(test_split, 0)), 4),
         "quality": {issue: [path[i] for i in indices] for issue, indices in findings.flagged.items()},
         "quality_scores": {
             issue: {path[i]: round(float(findings.scores[issue][i]), 4) for i in indices}
@@ -156,7 +160,7 @@ def build_report(
         "quality_thresholds": {issue: getattr(params.quality, issue) for issue in findings.flagged},
         "outliers": [path[i] for i in findings.outliers],
         "outlier_scores": {path[i]: round(float(findings.outlier_scores[i]), 4) for i in findings.outliers},
-        "selection": _selection(records, dropped, embeddings, params, data.train_split),
+        "selection": _selection(records, dropped, embeddings, params, train_split),
         "dropped": {path[i]: reason for i, reason in sorted(dropped.items())},
         "counts": {
             "images": len(records),

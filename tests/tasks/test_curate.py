@@ -26,15 +26,17 @@ from ssl_core.manifest import MANIFEST_NAME, read_manifest, sha256_file, write_m
 from tasks import cli
 from tasks.curate import CurationError, run
 from tasks.curate.embedder import EmbedderError
-from tasks.curate.stage import REPORT_HTML, REPORT_JSON, SCORES_CSV
+from tasks.curate.stage import SCORES_CSV
 from tasks.errors import UserError
 from tasks.ingest import run as ingest
+from tasks.layout import CURATION_PAGE, CURATION_REPORT
 from tasks.model_uris import RegistryError
 from tasks.params import CurateParams, DataParams, IngestParams, parse_params
 from tests.datasets import cut_cifar10
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = DataParams()
+SPLITS = (DATA.train_split, DATA.test_split)
 SELECTION_SIZE = 10
 
 # Manifest paths of the planted images, and of the originals they copy.
@@ -78,13 +80,13 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def curated(ingested: Path) -> Path:
     out = ingested.parent / "curated"
-    run(curate_params(selection={"size": SELECTION_SIZE}), DATA, ingested, out)
+    run(curate_params(selection={"size": SELECTION_SIZE}), *SPLITS, ingested, out)
     return out
 
 
 @pytest.fixture(scope="module")
 def report(curated: Path) -> dict:
-    return json.loads((curated / REPORT_JSON).read_text())
+    return json.loads((curated / CURATION_REPORT).read_text())
 
 
 def test_exact_and_near_duplicates_are_found(report: dict) -> None:
@@ -138,7 +140,7 @@ def test_curated_folder_is_the_kept_images(ingested: Path, curated: Path, report
     assert (curated / "source_manifest_sha256.txt").read_text().strip() == sha256_file(ingested / MANIFEST_NAME)
     assert (curated / "ingest_report.json").read_bytes() == (ingested / "ingest_report.json").read_bytes()
     assert len((curated / SCORES_CSV).read_text().splitlines()) == 1 + len(before)
-    page = (curated / REPORT_HTML).read_text()
+    page = (curated / CURATION_PAGE).read_text()
     assert page.startswith("<!") and "exact-copy.png" in page and "leaked.jpg" in page
 
 
@@ -159,7 +161,7 @@ def test_selection_picks_distinct_kept_training_images_and_beats_random(report: 
 
 def test_kcenter_selection_covers_the_worst_image_better_than_random(ingested: Path, tmp_path: Path) -> None:
     params = curate_params(selection={"size": SELECTION_SIZE, "strategy": "kcenter"}, map_points=0)
-    selection = run(params, DATA, ingested, tmp_path / "not-yet" / "curated")["selection"]  # parents made
+    selection = run(params, *SPLITS, ingested, tmp_path / "not-yet" / "curated")["selection"]  # parents made
     assert selection["strategy"] == "kcenter" and len(set(selection["paths"])) == SELECTION_SIZE
     # k-center greedy minimizes the largest distance to the nearest pick (a 2-approximation).
     metrics = selection["metrics"]
@@ -181,7 +183,7 @@ def no_scan(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def refused(error_type: type[UserError], params: CurateParams, data: Path, out: Path) -> str:
     with pytest.raises(error_type) as error:
-        run(params, DATA, data, out)
+        run(params, *SPLITS, data, out)
     assert not out.exists()
     message = str(error.value)
     assert "\n" not in message
@@ -224,7 +226,7 @@ def test_dropping_every_image_is_refused(tmp_path: Path) -> None:
             Image.fromarray(pixels).save(source / split / "night" / f"{i}.png")
     ingest(IngestParams(source=str(source)), tmp_path / "ingested")
     message = refused(CurationError, curate_params(drop=["dark"]), tmp_path / "ingested", tmp_path / "curated")
-    assert "would drop all 6 images" in message and "curate.drop = ['dark']" in message
+    assert "would drop every image of split 'train'" in message and "curate.drop = ['dark']" in message
 
 
 def test_cli_prints_a_bad_embedder_as_one_line(
