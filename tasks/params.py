@@ -98,7 +98,7 @@ class NearDuplicateParams(_Section):
     # Neighbours of each image checked as candidates (ssl_core.curation.neighbors).
     neighbors: int = Field(default=10, ge=1)
     # Aligned pixel similarity (ssl_core.curation.alignment) from which a pair is the same shot.
-    similarity: float = Field(default=0.85, gt=0, le=1)
+    similarity: float = Field(default=0.88, gt=0, le=1)
 
 
 class OutlierParams(_Section):
@@ -131,7 +131,7 @@ class CurateParams(_Section):
     drop_test_images: bool = False
     near_duplicates: NearDuplicateParams = NearDuplicateParams()
     # Test images whose aligned similarity to a training image reaches this are leaks.
-    leakage_similarity: float = Field(default=0.85, gt=0, le=1)
+    leakage_similarity: float = Field(default=0.88, gt=0, le=1)
     quality: QualityThresholds = Field(default_factory=QualityThresholds)
     outliers: OutlierParams = OutlierParams()
     selection: SelectionParams = SelectionParams()

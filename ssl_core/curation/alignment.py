@@ -10,12 +10,13 @@ normalized cross-correlation") is the pair's similarity. ZNCC ignores brightness
 and contrast changes, and the 32x32 rendition averages away re-compression noise
 and light blur.
 
-Both images are band-pass filtered first (minus a Gaussian blur of sigma 4 px, a
-difference of Gaussians): natural images put most of their energy in the lowest
+Both images are band-pass filtered first, by a difference of Gaussians (sigma 0.7
+px minus sigma 4 px): natural images put most of their energy in the lowest
 frequencies, so on raw pixels two different harbour scenes with the same horizon
-correlate at 0.9. On the band-pass, the details have to match. Measured on CIFAR-10
-(docs/curation.md): the same recall of planted edits at a threshold of 0.8 as raw
-pixels at 0.9, and no pair of different classes above it instead of a third.
+correlate at 0.9; on the band-pass, the details have to match. The finest detail,
+which a sub-pixel shift or a re-encode scrambles, is smoothed away too. Measured in
+docs/curation.md: on raw pixels a third of the distinct CIFAR-10 pairs above 0.9 are
+of different classes; on the band-pass none above the default 0.88.
 
 All pairs of a batch are correlated at once, at every shift, by FFT.
 """
@@ -30,7 +31,7 @@ from PIL import Image
 SIDE = 32
 MARGIN = 4  # largest shift searched, in pixels of the 32x32 rendition
 ZOOMS = (1.0, 1.1, 1.2)
-BAND_PASS_SIGMA = 4.0  # the low frequencies removed: below ~1/(2 pi 4) cycles per pixel
+BAND_PASS_SIGMAS = (0.7, 4.0)  # detail kept: finer than ~1/(2 pi 4), coarser than ~1/(2 pi 0.7) cycles/px
 # Below this RMS band-pass contrast (about 1.3 grey levels) a picture has no detail to
 # align: ZNCC would amplify its noise into a pattern (blank images are a quality issue).
 MIN_CONTRAST = 0.005
@@ -62,12 +63,13 @@ def _blur_matrix(sigma: float, size: int = SIDE) -> torch.Tensor:
     return matrix
 
 
-_BLUR = _blur_matrix(BAND_PASS_SIGMA)
+_FINE, _COARSE = (_blur_matrix(sigma) for sigma in BAND_PASS_SIGMAS)
 
 
 def band_pass(images: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) minus its Gaussian blur (separable, edges replicated): the detail of each image."""
-    return images - _BLUR @ images @ _BLUR.T  # two small matrix products: far faster than a padded conv
+    """(B, S, S) difference of Gaussians (separable, edges replicated): the mid-scale detail of each image."""
+    # Small matrix products, far faster than padded convolutions on 32x32 images.
+    return _FINE @ images @ _FINE.T - _COARSE @ images @ _COARSE.T
 
 
 def _box_sums(images: torch.Tensor, side: int) -> torch.Tensor:

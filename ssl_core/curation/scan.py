@@ -85,7 +85,7 @@ def scan_images(
     else:
         results = list(_tick(map(_scan_one, jobs), on_image))
     digests = [digest for digest, *_ in results]
-    score_rows = np.array([scores for _, scores, *_ in results], dtype=np.float32).reshape(len(jobs), -1)
+    score_rows = np.array([scores for _, scores, *_ in results], dtype=np.float32).reshape(len(jobs), len(PIXEL_ISSUES))
     unreadable = {i: error for i, (*_, error) in enumerate(results) if error}
     embeddings = None
     if with_pixel_embeddings:

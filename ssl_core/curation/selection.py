@@ -48,25 +48,27 @@ def kcenter_greedy(embeddings: np.ndarray, size: int, seed: int = 0) -> np.ndarr
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     picked = [int(np.random.default_rng(seed).integers(len(x)))]
     distance_to_picked = 1.0 - x @ x[picked[0]]  # (N,)
+    distance_to_picked[picked[0]] = -np.inf  # never picked twice, even among identical images
     for _ in range(size - 1):
         farthest = int(np.argmax(distance_to_picked))
         picked.append(farthest)
         np.minimum(distance_to_picked, 1.0 - x @ x[farthest], out=distance_to_picked)
+        distance_to_picked[farthest] = -np.inf
     return np.array(picked, dtype=np.int64)
 
 
 def typiclust(embeddings: np.ndarray, size: int, seed: int = 0, neighbors: int = 20) -> np.ndarray:
-    """TypiClust: per k-means cluster (faiss), the image with the highest typicality.
+    """TypiClust: per k-means cluster, the image with the highest typicality.
 
+    k-means is scikit-learn's, seeded with k-means++ as in the paper's code (faiss's
+    random-start k-means split large clusters and merged small ones in our tests).
     Typicality is the inverse mean distance to the image's ``neighbors`` nearest
     images of its own cluster, as in the paper; clusters are taken largest first.
     """
-    faiss = import_faiss()
+    from sklearn.cluster import KMeans
+
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    kmeans = faiss.Kmeans(x.shape[1], size, niter=20, seed=seed, spherical=True, min_points_per_centroid=1)
-    kmeans.train(x)
-    _, assignment = kmeans.index.search(x, 1)
-    assignment = assignment[:, 0]
+    assignment = KMeans(n_clusters=size, init="k-means++", n_init=1, random_state=seed).fit_predict(x)
     picks = []
     for cluster in sorted(np.unique(assignment), key=lambda c: -int(np.sum(assignment == c))):
         members = np.flatnonzero(assignment == cluster)
