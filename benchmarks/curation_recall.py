@@ -47,7 +47,7 @@ from ssl_core.curation.scan import scan_images  # noqa: E402
 from ssl_core.manifest import read_manifest  # noqa: E402
 
 DATASETS = {"cifar10": "cifar10-jpeg.tar.gz", "imagenette": "imagenette-128.tar.gz"}
-THRESHOLDS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,9 +318,13 @@ def render_markdown(results: dict) -> str:
             f"Threshold sweep (pair level; candidate recall {r['sweep']['candidate_recall']} "
             f"with {r['sweep']['neighbors']} neighbours):",
             "",
-            "| aligned similarity >= | recall | precision |",
-            "|---|---|---|",
-            *(f"| {row['threshold']} | {row['recall']} | {row['precision']} |" for row in r["sweep"]["thresholds"]),
+            "| aligned similarity >= | recall | precision | dataset's own pairs | of two classes |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {row['threshold']} | {row['recall']} | {row['precision']} | {row['dataset_pairs']} | "
+                f"{row['dataset_pairs_of_two_classes']} |"
+                for row in r["sweep"]["thresholds"]
+            ),
             "",
         ]
     return "\n".join(lines) + "\n"

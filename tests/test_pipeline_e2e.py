@@ -231,6 +231,17 @@ def test_registered_model_serves_as_distillation_teacher(project: Path, first_me
         assert torch.equal(a, b), name
 
 
+def test_the_champion_curates_the_next_data(project: Path, first_metrics: dict, tmp_path: Path) -> None:
+    """A scheduled run curates new data with the last run's model: curate.embedder = the registry alias."""
+    alias = "models:/ssl-embedder@champion"
+    sh(project, "sslpipe", "curate", "--set", f"curate.embedder={alias}", "--out", str(tmp_path / "curated"))
+    report = json.loads((tmp_path / "curated/report.json").read_text())
+    assert report["embedder"] == {"spec": alias, "dim": 512}  # the ResNet-18 student's features, not the pixels'
+    pixels = json.loads((project / "data/curated/report.json").read_text())
+    assert report["exact_duplicates"] == pixels["exact_duplicates"]  # pixel hashes do not depend on the embedder
+    assert report["counts"]["images"] == pixels["counts"]["images"]
+
+
 def test_bad_input_gets_one_line_errors(project: Path, first_metrics: dict, tmp_path: Path) -> None:
     result = sh(project, "sslpipe", "pretrain", "--set", "pretrain.method=mocov9", check=False)
     assert result.returncode == 2

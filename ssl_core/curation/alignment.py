@@ -23,6 +23,8 @@ All pairs of a batch are correlated at once, at every shift, by FFT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -110,11 +112,16 @@ def _zncc(images: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def aligned_similarity(
-    renditions: np.ndarray, first: np.ndarray, second: np.ndarray, batch_size: int = 1024
+    renditions: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    batch_size: int = 1024,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """(P,) float32 aligned similarity of the pairs ``(first[p], second[p])`` of ``renditions`` (N, 32, 32) uint8.
 
     Symmetric: each image of a pair is matched over the other, zoomed or not, and the best score counts.
+    ``on_batch`` is called with the number of pairs after each batch (progress bars).
     """
     scores = np.empty(len(first), dtype=np.float32)
     for start in range(0, len(first), batch_size):
@@ -126,4 +133,6 @@ def aligned_similarity(
             za, zb = band_pass(_zoom(a, zoom)), band_pass(_zoom(b, zoom))
             best = torch.maximum(best, torch.maximum(_zncc(detail_a, zb), _zncc(detail_b, za)))
         scores[start : start + len(a)] = best.numpy()
+        if on_batch is not None:
+            on_batch(len(a))
     return scores

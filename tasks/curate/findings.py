@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from ssl_core.curation.alignment import aligned_similarity
 from ssl_core.curation.duplicates import (
@@ -66,7 +67,8 @@ def find_problems(
     first, second, _ = pairs_above(similarities[:, : candidates.shape[1]], candidates, threshold=-np.inf)
     both_readable = readable[first] & readable[second]
     first, second = first[both_readable], second[both_readable]
-    aligned = aligned_similarity(scan.renditions, first, second)
+    with tqdm(total=len(first), desc="align pairs", unit="pair", mininterval=1.0) as bar:
+        aligned = aligned_similarity(scan.renditions, first, second, on_batch=bar.update)
     similar = aligned >= params.near_duplicates.similarity
     digests = [d or f"unreadable:{i}" for i, d in enumerate(scan.digests)]
     priority = keep_priority(records, scan.file_bytes)

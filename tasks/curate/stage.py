@@ -93,7 +93,7 @@ def run(params: CurateParams, train_split: str, test_split: str, ingested: Path,
         _write_dataset(ingested, kept, staging)
         (staging / CURATION_REPORT).write_text(json.dumps(report, indent=1) + "\n")
         _write_scores(records, findings, staging / SCORES_CSV)
-        shown = _map(records, embeddings, findings, dropped, params.map_points)
+        shown = _map(records, embeddings, findings, report, params.map_points)
         write_report_page(report, ingested, staging / CURATION_PAGE, embedding_map=shown)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -235,11 +235,14 @@ def _write_scores(records: list[ManifestRecord], findings: Findings, path: Path)
 
 
 def _map(
-    records: list[ManifestRecord], embeddings: np.ndarray, findings: Findings, dropped: dict[int, str], points: int
+    records: list[ManifestRecord], embeddings: np.ndarray, findings: Findings, report: dict, points: int
 ) -> tuple[list[str], np.ndarray] | None:
-    """The points of the report's 2-D map: a sample, with every dropped image and outlier in it."""
+    """The points of the report's 2-D map: a sample, with every dropped, leaked, outlying and selected image in it."""
     if points == 0 or len(embeddings) < 5:
         return None
-    flagged = np.array(sorted(set(dropped) | {int(i) for i in findings.outliers}), dtype=np.int64)
-    indices, xy = embedding_map(embeddings, points, always_include=flagged)
+    index = {record.path: i for i, record in enumerate(records)}
+    selected = report["selection"]["paths"] if report["selection"] else []
+    leaked = [path for leak in report["leakage"] for path in (leak["train"], leak["test"])]
+    shown = {index[path] for path in [*report["dropped"], *leaked, *selected]} | {int(i) for i in findings.outliers}
+    indices, xy = embedding_map(embeddings, points, always_include=np.array(sorted(shown), dtype=np.int64))
     return [records[i].path for i in indices], xy

@@ -121,7 +121,8 @@ def test_each_planted_problem_is_dropped_with_its_reason(report: dict) -> None:
     assert reasons[EXACT[1]] == "exact_duplicates"  # same pixels: the first by path stays
     assert [reasons.get(path) for path in NEAR].count("near_duplicates") == 1  # one of the two stays
     assert reasons[LEAK["train"]] == "leakage" and LEAK["test"] not in reasons  # the test split keeps its image
-    assert (reasons[BLACK], reasons[WHITE], reasons[GREY]) == ("dark", "overexposed", "low_information")
+    # White is flagged overexposed (not dropped by default: white-background shots) and dropped as blank.
+    assert (reasons[BLACK], reasons[WHITE], reasons[GREY]) == ("dark", "low_information", "low_information")
     assert report["counts"]["dropped"] == dict(Counter(reasons.values()))
     assert report["counts"]["kept"] == report["counts"]["images"] - len(reasons)
 
@@ -215,6 +216,20 @@ def test_a_selection_larger_than_the_train_split_is_refused(ingested: Path, tmp_
     params = curate_params(selection={"size": num_train + 1})
     message = refused(CurationError, params, ingested, tmp_path / "curated")
     assert f"curate.selection.size = {num_train + 1}" in message and f"only {num_train} images" in message
+
+
+def test_the_test_split_is_only_flagged_unless_drop_test_images(tmp_path: Path) -> None:
+    with tarfile.open(cut_cifar10(tmp_path / "cifar.tar.gz", 2, 1)) as tar:
+        tar.extractall(tmp_path / "source", filter="data")
+    source = tmp_path / "source" / "cifar10-subset"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(source / "test/ship/black.png")
+    ingest(IngestParams(source=str(source)), tmp_path / "ingested")
+    black = "images/test/ship/black.png"
+    kept = run(curate_params(map_points=0), *SPLITS, tmp_path / "ingested", tmp_path / "kept")
+    assert black in kept["quality"]["dark"] and black not in kept["dropped"]
+    assert black in {r.path for r in read_manifest(tmp_path / "kept" / MANIFEST_NAME)}
+    dropped = run(curate_params(map_points=0, drop_test_images=True), *SPLITS, tmp_path / "ingested", tmp_path / "out")
+    assert dropped["dropped"][black].startswith("dark")
 
 
 def test_dropping_every_image_is_refused(tmp_path: Path) -> None:
