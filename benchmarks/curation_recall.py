@@ -248,6 +248,11 @@ def sweep(corpus: Path, truth: dict, embedder: str, neighbors: int) -> dict:
     involved = is_planted_copy[first] | is_planted_copy[second]  # pairs of two originals: unknown truth, left out
     same = np.array([origin[a] == origin[b] for a, b in zip(first, second, strict=True)])
     planted_mask = np.array([(a, b) in planted_pairs for a, b in zip(first.tolist(), second.tolist(), strict=True)])
+    # Pairs of two untouched originals have no truth, but two images of different
+    # classes are not one shot: a lower bound on the errors among the dataset's own pairs.
+    label = [p.split("/")[2] for p in paths]
+    natural = ~involved
+    other_class = np.array([label[a] != label[b] for a, b in zip(first, second, strict=True)])
     rows = []
     for threshold in THRESHOLDS:
         hit = aligned >= threshold
@@ -255,7 +260,13 @@ def sweep(corpus: Path, truth: dict, embedder: str, neighbors: int) -> dict:
         counted = hit & involved
         precision = (counted & same).sum() / max(1, counted.sum())
         rows.append(
-            {"threshold": threshold, "recall": round(float(recall), 4), "precision": round(float(precision), 4)}
+            {
+                "threshold": threshold,
+                "recall": round(float(recall), 4),
+                "precision": round(float(precision), 4),
+                "dataset_pairs": int((hit & natural).sum()),
+                "dataset_pairs_of_two_classes": int((hit & natural & other_class).sum()),
+            }
         )
     return {
         "candidate_recall": round(len(candidate_pairs & planted_pairs) / len(planted_pairs), 4),
