@@ -89,11 +89,18 @@ def typiclust(embeddings: np.ndarray, size: int, seed: int = 0, neighbors: int =
 
 @dataclass(frozen=True)
 class SubsetMetrics:
-    """LightlyOne-style subset metrics, in cosine distance."""
+    """LightlyOne-style subset metrics, in cosine distance (:data:`SUBSET_METRIC_MEANINGS` says how to read each)."""
 
-    mean_nn_distance: float  # diversity: from each pick to its nearest other pick (higher is better)
-    coverage_mean_distance: float  # from every image to its nearest pick (lower is better)
-    coverage_max_distance: float  # the worst-covered image (lower is better)
+    mean_nn_distance: float
+    coverage_mean_distance: float
+    coverage_max_distance: float
+
+
+SUBSET_METRIC_MEANINGS = {
+    "mean_nn_distance": "diversity: distance from each pick to its nearest other pick (higher is better)",
+    "coverage_mean_distance": "coverage: mean distance from an image to its nearest pick (lower is better)",
+    "coverage_max_distance": "coverage: distance of the worst-covered image (lower is better)",
+}
 
 
 def subset_metrics(embeddings: np.ndarray, subset: np.ndarray) -> SubsetMetrics:

@@ -24,6 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ssl_core.curation.selection import SUBSET_METRIC_MEANINGS
+
 logger = logging.getLogger(__name__)
 
 THUMB_PX = 96  # longest side of a thumbnail; CIFAR's 32 px images are upscaled 3x, pixel for pixel
@@ -47,12 +49,6 @@ NAV = [  # (section id, link text), in page order
     ("dropped", "Dropped"),
     ("map", "Map"),
 ]
-
-METRIC_NOTES = {  # how to read each subset metric (see ssl_core.curation.selection.SubsetMetrics)
-    "mean_nn_distance": "diversity: distance from each pick to its nearest other pick (higher is better)",
-    "coverage_mean_distance": "coverage: mean distance from an image to its nearest pick (lower is better)",
-    "coverage_max_distance": "coverage: distance of the worst-covered image (lower is better)",
-}
 
 CSS = Template("""
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;background:#f5f6f8;margin:0}
@@ -248,7 +244,8 @@ class _Page:
         picked, random = metrics.get("selected") or {}, metrics.get("random") or {}
         rows = "".join(
             f"<tr><td>{escape(name)}</td><td class=num>{picked[name]:.4f}</td>"
-            f"<td class=num>{random.get(name, float('nan')):.4f}</td><td>{METRIC_NOTES.get(name, '')}</td></tr>"
+            f"<td class=num>{random.get(name, float('nan')):.4f}</td>"
+            f"<td>{SUBSET_METRIC_MEANINGS.get(name, '')}</td></tr>"
             for name in picked
         )
         paths = selection.get("paths") or []
