@@ -55,15 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a curate param")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    from tasks.cli import parse_overrides
     from tasks.curate import run as curate  # the stage itself: needs the pipeline's dependencies
     from tasks.ingest import run as ingest
-    from tasks.params import parse_params
+    from tasks.params import parse_params, set_dotted
 
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        overrides[key] = json.loads(value) if value[:1] in "0123456789[{-tf" else value
-    params = parse_params({"curate": overrides, "ingest": {"source": str(args.archive)}})
+    raw: dict = {"ingest": {"source": str(args.archive)}}
+    for key, value in parse_overrides(args.set).items():  # as `sslpipe --set`, keys under curate.
+        set_dotted(raw, f"curate.{key}", value)
+    params = parse_params(raw)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cifar10-leaks-") as tmp:
         ingested, curated = Path(tmp) / "ingested", Path(tmp) / "curated"

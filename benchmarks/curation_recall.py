@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    from tasks.cli import parse_overrides
     from tasks.curate import run as curate  # the stage itself; tasks needs the pipeline's dependencies
-    from tasks.params import parse_params
+    from tasks.params import parse_params, set_dotted
 
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {
@@ -93,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - started, 1),
         }
         for embedder in args.embedders:
-            overrides = dict(item.split("=", 1) for item in args.set)
             raw = {"curate": {"embedder": embedder, "selection": {"size": 100}}}
-            for key, value in overrides.items():
-                _set(raw["curate"], key, json.loads(value) if value[:1] in "0123456789[{-tf" else value)
+            for key, value in parse_overrides(args.set).items():  # as `sslpipe --set`, keys under curate.
+                set_dotted(raw, f"curate.{key}", value)
             params = parse_params(raw)
             started = time.perf_counter()
             report = curate(
@@ -121,13 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(render_markdown(results))
     print((args.out / "results.md").read_text())
     return 0
-
-
-def _set(section: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for key in parents:
-        section = section.setdefault(key, {})
-    section[last] = value
 
 
 def _count(truth: dict) -> dict:

@@ -363,7 +363,7 @@ def load_params(path: Path = DEFAULT_PARAMS_PATH, overrides: dict[str, Any] | No
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        set_dotted(raw, dotted, value)
     return parse_params(raw, source=str(path))
 
 
@@ -391,7 +391,7 @@ def format_validation_error(error: ValidationError, raw: dict[str, Any], source:
     return "\n".join(lines)
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node = raw
     *parents, leaf = dotted.split(".")
     for part in parents:
