@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,8 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import cpu_description  # noqa: E402
 
 CIFAIR_CIFAR10_FRACTION = 0.033  # the paper's abstract
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     leaked = report["counts"]["leaked_test_images"]
     results = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "machine": cpu_description(),
         "images": report["num_images"],
         "test_images": num_test,
         "leaked_test_images": leaked,

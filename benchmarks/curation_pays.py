@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import cpu_description  # noqa: E402
+
 VARIANTS = {"curated": [], "raw": ["curate.drop=[]"]}
 
 
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "commit": commit.stdout.strip(),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "machine": cpu_description(),
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="curation-pays-") as tmp:

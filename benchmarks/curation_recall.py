@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.curation_corpus import CorpusSize, build_corpus  # noqa: E402
+from benchmarks.machine import cpu_description  # noqa: E402
 from ssl_core.curation.alignment import aligned_similarity  # noqa: E402
 from ssl_core.curation.neighbors import SearchSettings, build_index, pairs_above, search  # noqa: E402
 from ssl_core.curation.scan import scan_images  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]) if argv is None else str(argv),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "machine": cpu_description(),
         "dataset": args.dataset,
         "embedders": {},
     }

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import sys
 import tarfile
@@ -37,6 +36,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_description  # noqa: E402
 from ssl_core.curation.neighbors import SearchSettings, build_index, pairs_above, search  # noqa: E402
 from ssl_core.curation.scan import scan_images  # noqa: E402
 
@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-        f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)",
+        "machine": f"{cpu_description()}, faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)",
         "scan": [] if args.skip_scan else scan_throughput(args.datasets, args.scan_images),
     }
     results["search"] = search_benchmark(args.search_vectors, args.dim, 1000, SearchSettings())

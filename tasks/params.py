@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ssl_core.config_checks import PRECISIONS
-from ssl_core.curation.settings import SELECTION_STRATEGIES, QualityThresholds
+from ssl_core.curation.settings import QUALITY_ISSUES, SELECTION_STRATEGIES, QualityThresholds
 from ssl_core.methods import METHOD_NAMES, RECIPES
 from tasks.errors import UserError
 
@@ -81,17 +81,7 @@ class IngestParams(_Section):
 QualityThresholds.__pydantic_config__ = ConfigDict(extra="forbid")  # ssl_core's defaults, validated here
 
 # What curate may drop: each is a check of the report (docs/curation.md).
-DROP_REASONS = (
-    "exact_duplicates",
-    "near_duplicates",
-    "leakage",
-    "dark",
-    "overexposed",
-    "low_information",
-    "blurry",
-    "odd_size",
-    "outliers",
-)
+DROP_REASONS = ("exact_duplicates", "near_duplicates", "leakage", *QUALITY_ISSUES, "outliers")
 
 
 class NearDuplicateParams(_Section):

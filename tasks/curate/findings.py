@@ -24,10 +24,9 @@ from ssl_core.curation.neighbors import SearchSettings, build_index, pairs_above
 from ssl_core.curation.outliers import flag_outliers, outlier_scores
 from ssl_core.curation.quality import flag_issues, odd_size_scores
 from ssl_core.curation.scan import ScanResult
+from ssl_core.curation.settings import QUALITY_ISSUES
 from ssl_core.manifest import ManifestRecord
 from tasks.params import CurateParams
-
-QUALITY_DROP_REASONS = ("dark", "overexposed", "low_information", "blurry", "odd_size")
 
 
 @dataclass
@@ -179,7 +178,7 @@ def choose_drops(
     if "leakage" in drop:
         for leak in findings.leaks:
             mark(leak.train, f"leakage: test image {records[leak.test].path} (similarity {leak.similarity:.3f})")
-    for issue in QUALITY_DROP_REASONS:
+    for issue in QUALITY_ISSUES:
         if issue in drop:
             for index in findings.flagged[issue]:
                 mark(int(index), f"{issue}: score {findings.scores[issue][index]:.3f}")
