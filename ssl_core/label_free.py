@@ -11,21 +11,112 @@
   ICML, arXiv:2005.10242), on L2-normalized embeddings: alignment is the mean
   squared distance between the two views of an image (lower is better); uniformity
   is the log of the mean Gaussian potential exp(-t ||x - y||^2) over all pairs of
-  images (lower, i.e. more negative, is better).
+  images (lower, i.e. more negative, is better). As in the paper's reference code,
+  uniformity is the mean over the two views of each image.
+
+The views are the same for every method (:func:`standard_views`: the SimCLR views of
+the lightly CIFAR-10 benchmark), so scores of models trained by different methods
+compare; RankMe is computed on the deterministic eval embeddings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from ssl_core.augment import Normalization, ViewConfig, view_transform
+from ssl_core.embed import compute_embeddings
+from ssl_core.precision import seed_everything
+
+
+@dataclass(frozen=True)
+class LabelFreeScores:
+    """The label-free measures of one model on one dataset.
+
+    Attributes:
+        rankme: effective rank of the eval embeddings (higher is better, at most the dimension).
+        alignment: mean squared distance between two views of an image (lower is better, in [0, 4]).
+        uniformity: log mean Gaussian potential over pairs of images (lower is better, in [-4, 0]).
+        num_images: images the RankMe embeddings came from.
+        num_pairs: images the two views came from.
+    """
+
+    rankme: float
+    alignment: float
+    uniformity: float
+    num_images: int
+    num_pairs: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def label_free_scores(embeddings: torch.Tensor, view_a: torch.Tensor, view_b: torch.Tensor) -> LabelFreeScores:
+    """RankMe of (N, D) ``embeddings``; alignment and uniformity of the (P, D) views, row i of each one image."""
+    return LabelFreeScores(
+        rankme=rankme(embeddings),
+        alignment=alignment(view_a, view_b),
+        uniformity=(uniformity(view_a) + uniformity(view_b)) / 2,
+        num_images=len(embeddings),
+        num_pairs=len(view_a),
+    )
+
+
+def standard_views(image_size: int, normalization: Normalization) -> Callable[[Image.Image], torch.Tensor]:
+    """The views alignment is measured on: SimCLR's, as the lightly benchmark uses them, for every method."""
+    return view_transform(ViewConfig(image_size=image_size), normalization)
+
+
+def embed_two_views(
+    model: nn.Module,
+    views: Dataset,
+    batch_size: int,
+    num_workers: int,
+    device: str | torch.device,
+    precision: str,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independently drawn views of every image of ``views`` (a dataset with a random transform), embedded.
+
+    Each pass is seeded (``seed``, then ``seed + 1``), so the views, and the scores, repeat exactly.
+
+    Returns:
+        (P, D) and (P, D) L2-normalized embeddings; row i of both is the same image.
+    """
+    passes = []
+    for offset in (0, 1):
+        seed_everything(seed + offset)
+        passes.append(compute_embeddings(model, views, batch_size, num_workers, device, precision)[0])
+    return passes[0], passes[1]
+
+
+def sample_indices(size: int, count: int, seed: int) -> list[int]:
+    """``count`` distinct indices of ``range(size)`` (all of them if fewer), drawn with ``seed``, sorted."""
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(size, generator=generator)[:count].tolist())
 
 
 @torch.no_grad()
-def rankme(embeddings: torch.Tensor, eps: float = 1e-7) -> float:
-    """Effective rank of (N, D) embeddings: exp(-sum p_k log p_k), p_k = s_k / ||s||_1 + eps (the paper's eq. 1)."""
-    singular_values = torch.linalg.svdvals(embeddings.double())  # (min(N, D),)
-    p = singular_values / singular_values.sum().clamp_min(1e-12) + eps
+def singular_values(embeddings: torch.Tensor) -> torch.Tensor:
+    """The (min(N, D),) singular values of (N, D) embeddings, largest first, in float64."""
+    return torch.linalg.svdvals(embeddings.double())
+
+
+def effective_rank(singular: torch.Tensor, eps: float = 1e-7) -> float:
+    """exp(-sum p_k log p_k) with p_k = s_k / ||s||_1 + eps: RankMe's eq. 1 on given singular values."""
+    p = singular / singular.sum().clamp_min(1e-12) + eps
     return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def rankme(embeddings: torch.Tensor, eps: float = 1e-7) -> float:
+    """Effective rank of (N, D) embeddings (the paper's eq. 1): near 1 when collapsed, at most min(N, D)."""
+    return effective_rank(singular_values(embeddings), eps)
 
 
 @torch.no_grad()

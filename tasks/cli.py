@@ -75,16 +75,25 @@ def print_summary(seconds: float | None = None) -> None:
     """Where the model, metrics and MLflow UI are (read from the stage outputs)."""
     metrics = json.loads((layout.EVALUATION / layout.METRICS_FILE).read_text())
     registration = json.loads(layout.REGISTRATION.read_text())
+    student, baseline = metrics["student"], metrics["random_init"]
+    if "top1" in student:
+        quality = (
+            f"  kNN top-1 (k={metrics['k']}, {metrics['num_queries']} labeled queries): pretrained "
+            f"{student['top1']:.4f}, random init {baseline['top1']:.4f} (gain {metrics['gain_top1']:+.4f})"
+        )
+    else:
+        quality = f"  no labeled images: label-free metrics only ({metrics['labels']['skipped']})"
     lines = [
         "",
         f"Pipeline finished{f' in {seconds / 60:.1f} min' if seconds else ''}.",
-        f"  kNN top-1 (k={metrics['k']}): pretrained {metrics['student']['top1']:.4f}, "
-        f"random init {metrics['random_init']['top1']:.4f} (gain {metrics['gain_top1']:+.4f})",
+        quality,
+        f"  RankMe        : pretrained {student['rankme']:.1f}, random init {baseline['rankme']:.1f} (higher: richer)",
         f"  PyTorch model : {layout.STUDENT / layout.MODEL_FILE}",
         f"  ONNX model    : {layout.ONNX_DIR / layout.ONNX_FILE}",
-        f"  metrics       : {layout.EVALUATION / layout.METRICS_FILE} (plot: {layout.EVALUATION / 'knn.png'})",
+        f"  metrics       : {layout.EVALUATION / layout.METRICS_FILE} "
+        f"(plot: {layout.EVALUATION / layout.EVALUATION_PLOT})",
         f"  MLflow model  : models:/{registration['model_name']}/{registration['version']} "
-        f"aliases {registration['aliases']}",
+        f"aliases {registration['aliases']}; {registration['reason']}",
         f"  MLflow UI     : mlflow ui --backend-store-uri {registration['tracking_uri']}  (then open http://127.0.0.1:5000)",
         f"  serve         : sslpipe serve --model models:/{registration['model_name']}@champion",
     ]

@@ -11,7 +11,10 @@ reads outside its source. Only ``ingest.source`` itself may be a link to a folde
 (the user named it on purpose); links below it are never followed.
 
 Labels and splits come from the path: a first folder named like a split
-(train/test/val/...) gives the split, the image's parent folder its label.
+(train/test/val/...) gives the split, the image's parent folder its label. Images
+directly in the source (or its split folders) and images under a folder named
+``unlabeled`` (as in STL-10) have no label: a few labeled class folders can sit next
+to many unlabeled images.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from tasks.params import IngestParams, Params
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train", "test", "val", "valid", "validation"}
+# Images below a folder of this name carry no label (STL-10's convention); their split is the default one.
+UNLABELED_FOLDER = "unlabeled"
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 REPORT_NAME = INGEST_REPORT
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -305,6 +310,8 @@ def split_and_label(relative: PurePosixPath, default_split: str) -> tuple[str, s
     split = default_split
     if len(parts) > 1 and parts[0].lower() in SPLIT_NAMES:
         split, parts = parts[0].lower(), parts[1:]
+    if any(part.lower() == UNLABELED_FOLDER for part in parts[:-1]):
+        return split, None
     label = parts[-2] if len(parts) >= 2 else None
     return split, label
 

@@ -28,6 +28,7 @@ MODEL_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
 TEACHER_SPEC = "teacher.json"
 METRICS_FILE = "metrics.json"
+EVALUATION_PLOT = "evaluation.png"  # label-free metrics, and kNN per class where there are labels
 INGEST_REPORT = "ingest_report.json"  # in an ingested folder, and copied into a curated one
 CURATION_REPORT = "report.json"  # in a curated folder: what curate found and dropped
 CURATION_PAGE = "report.html"

@@ -27,6 +27,7 @@ from ssl_core.config_checks import PRECISIONS
 from ssl_core.curation.settings import QUALITY_ISSUES, SELECTION_STRATEGIES, QualityThresholds
 from ssl_core.methods import METHOD_NAMES, RECIPES
 from tasks.errors import UserError
+from tasks.gate_metrics import GATE_CHOICES
 
 
 def _forbid_unknown_keys(recipe: type) -> None:
@@ -270,8 +271,20 @@ class DataParams(_Section):
 
 
 class EvaluateParams(_Section):
+    """Label-free metrics always; kNN and a linear probe on whichever images have labels (tasks/evaluate)."""
+
     k: int = Field(default=200, ge=1)
     temperature: float = Field(default=0.1, gt=0)
+    # Logistic regression on the frozen embeddings of the kNN bank, tested on the kNN queries.
+    linear_probe: bool = True
+    # When the test split has no labels: this share of the labeled train images (per class) become the queries.
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # RankMe on at most this many train images (the RankMe paper's 25,600).
+    rankme_images: int = Field(default=25_600, ge=2)
+    # Train images whose two augmented views give alignment and uniformity.
+    view_pairs: int = Field(default=1024, ge=2)
+    # Draws the held-out queries, the image samples and their views.
+    seed: int = 0
     batch_size: int = Field(default=256, ge=1)
     # The random-init baseline uses this seed for its weights.
     baseline_seed: int = 0
@@ -293,7 +306,11 @@ class ExportParams(_Section):
 class RegisterParams(_Section):
     experiment: str = "ssl-pipeline"
     model_name: str = "ssl-embedder"
-    # The challenger becomes champion only if its kNN top-1 beats the champion's by this.
+    # What decides promotion (tasks.gate_metrics, tasks.promotion): auto = kNN top-1 when the evaluation had
+    # labels, RankMe when it had none; or knn_top1 | linear_top1 | rankme.
+    metric: Literal[GATE_CHOICES] = "auto"  # type: ignore[valid-type]
+    # The challenger becomes champion only if its gate metric beats the champion's by this
+    # (in the metric's units: accuracy for top-1, dimensions for RankMe).
     champion_margin: float = Field(default=0.0, ge=0)
 
 

@@ -2,7 +2,8 @@
 
 One MLflow run per registration holds the configuration the student was trained
 with (its ``config.json``, written by the pretrain stage: what produced the model,
-not what params.yaml says now), the kNN metrics, the per-epoch training curve, the
+not what params.yaml says now), the evaluation's metrics (label-free ones always;
+kNN and linear probe where there were labels), the per-epoch training curve, the
 PyTorch checkpoint (``checkpoint/model.pt``, so the model can later serve as a
 distillation teacher) and the ONNX model logged with the ONNX flavor and a
 signature. The registered version is that ONNX model: it is what serving deploys.
@@ -11,8 +12,11 @@ Data curated by the curate stage adds its ``report.json`` and ``report.html`` (u
 ``curation_dropped_<reason>``, ``curation_quality_<issue>``, ...).
 
 Aliases: the new version becomes ``challenger``; ``champion`` moves to it only if
-its kNN top-1 beats the current champion's by ``register.champion_margin``.
-Version tags: git commit, dataset manifest hash, hash of the logged params, kNN top-1.
+its gate metric (``register.metric``: kNN top-1 with labels, RankMe without; see
+:mod:`tasks.promotion`) beats the current champion's value of the same metric by
+``register.champion_margin``.
+Version tags: git commit, dataset manifest hash, hash of the logged params, each gate
+metric the evaluation produced, and ``gate_metric`` / ``gate_value``: what decided.
 """
 
 from __future__ import annotations
@@ -34,16 +38,21 @@ from mlflow.models import infer_signature
 
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
 from ssl_core.onnx_format import INPUT_NAME, OUTPUT_NAME, onnx_session, read_onnx_metadata
+from tasks.errors import UserError
 from tasks.layout import CURATION_PAGE, CURATION_REPORT, INGEST_REPORT, METRICS_FILE, ONNX_FILE
 from tasks.mlflow_setup import connect, ensure_experiment
 from tasks.model_uris import CHECKPOINT_ARTIFACT
 from tasks.params import Params, RegisterParams
+from tasks.promotion import GATE_TAG, GateMetric, GateMetricMissingError, choose_gate_metric, decide, metric_tags
 
 logger = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
-METRIC_TAG = "knn_top1"
+
+
+class RegistrationError(UserError):
+    """The registration cannot be decided as configured; the message says what to change."""
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -63,6 +72,11 @@ def run(
     client = connect(project_dir)
     experiment_id = ensure_experiment(register.experiment, project_dir)
     metrics = json.loads((evaluation_dir / METRICS_FILE).read_text())
+    try:
+        gate = choose_gate_metric(register.metric, metrics)
+    except GateMetricMissingError as error:
+        raise RegistrationError(str(error)) from None
+    gate_value = gate.value(metrics)
     history = json.loads((student_dir / "history.json").read_text())
     trained_with = json.loads((student_dir / "config.json").read_text())
     logged_params = flatten({**trained_with, "register": register.model_dump(mode="json")})
@@ -70,7 +84,9 @@ def run(
         "git_commit": git_commit(project_dir),
         "dataset_manifest_sha256": sha256_file(ingested / MANIFEST_NAME),
         "params_hash": hashlib.sha256(json.dumps(logged_params, sort_keys=True).encode()).hexdigest()[:16],
-        METRIC_TAG: f"{metrics['student']['top1']:.6f}",
+        **metric_tags(metrics),
+        GATE_TAG: gate.name,
+        "gate_value": f"{gate_value:.6f}",
     }
     curation_report = ingested / CURATION_REPORT
     curation = json.loads(curation_report.read_text()) if curation_report.is_file() else None
@@ -100,7 +116,7 @@ def run(
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    promoted, reason = maybe_promote(client, name, version, metrics["student"]["top1"], register.champion_margin)
+    promoted, reason = maybe_promote(client, name, version, gate, gate_value, register.champion_margin)
     summary = {
         "tracking_uri": mlflow.get_tracking_uri(),
         "experiment": register.experiment,
@@ -108,6 +124,8 @@ def run(
         "model_name": name,
         "version": version,
         "aliases": sorted(client.get_model_version(name, version).aliases),
+        "gate_metric": gate.name,
+        "gate_value": gate_value,
         "promoted_to_champion": promoted,
         "reason": reason,
         "tags": tags,
@@ -141,20 +159,18 @@ def log_onnx(path: Path, registered_name: str):
     )
 
 
-def maybe_promote(client, name: str, version: str, top1: float, margin: float) -> tuple[bool, str]:
-    """Moves ``champion`` to ``version`` if it beats the champion by ``margin``."""
+def maybe_promote(client, name: str, version: str, gate: GateMetric, value: float, margin: float) -> tuple[bool, str]:
+    """Moves ``champion`` to ``version`` if its ``gate`` metric beats the champion's by ``margin``."""
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    if champion is None:
+    decision = decide(
+        gate, value, None if champion is None else champion.version, {} if champion is None else champion.tags, margin
+    )
+    if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
-        return True, "first version: no champion yet"
-    champion_top1 = float(champion.tags.get(METRIC_TAG, "-inf"))
-    if top1 > champion_top1 + margin:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        return True, f"kNN top-1 {top1:.4f} > champion v{champion.version} {champion_top1:.4f} + margin {margin}"
-    return False, f"kNN top-1 {top1:.4f} <= champion v{champion.version} {champion_top1:.4f} + margin {margin}"
+    return decision.promote, decision.reason
 
 
 def git_commit(project_dir: Path) -> str:

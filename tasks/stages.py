@@ -108,9 +108,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "evaluate",
         "tasks.evaluate",
-        "kNN accuracy of the student and of a random-init baseline",
+        "label-free metrics (RankMe, alignment, uniformity), and kNN and a linear probe on labeled images, "
+        "of the student and of a random-init baseline",
         inputs=(DATA, STUDENT),
-        outputs=(PathOption("out", layout.EVALUATION, "metrics.json, per_class.json, knn.png"),),
+        outputs=(PathOption("out", layout.EVALUATION, f"metrics.json, per_class.json, {layout.EVALUATION_PLOT}"),),
     ),
     Stage(
         "export",

@@ -12,9 +12,6 @@ by registry alias; the champion reused as a distillation teacher; and the CLI's
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,62 +23,9 @@ from scripts.dvc_deps import stage_files
 from ssl_core.manifest import read_manifest
 from tasks.stages import STAGE_NAMES, STAGES
 from tests.datasets import REPO_ROOT
+from tests.project import make_project, ran_stages, sh
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "teacher": {"epochs": 1, "batch_size": 64, "num_workers": 0},
-    "pretrain": {"epochs": 1, "batch_size": 64, "num_workers": 0},
-    "evaluate": {"num_workers": 0},
-}
-
-
-def make_project(destination: Path, archive: Path) -> Path:
-    """A copy of this repository's tracked files, on the tiny dataset, as a fresh git repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for relative in listed:
-        if (REPO_ROOT / relative).is_file():
-            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / relative, destination / relative)
-    shutil.copy(archive, destination / "data/default/cifar10-subset.tar.gz")
-    params = yaml.safe_load((destination / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "init"],
-    ):
-        subprocess.run(command, cwd=destination, check=True)
-    return destination
-
-
-def environment(project: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    env["PREFECT_HOME"] = str(project / ".prefect")
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    return env
-
-
-def sh(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=project, env=environment(project), capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-        )
-    return result
-
-
-def ran_stages(output: str) -> list[str]:
-    return [s for s in STAGE_NAMES if f"Running stage '{s}'" in output]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +55,7 @@ def test_dvc_repro_runs_the_whole_chain(project: Path, first_metrics: dict) -> N
         "models/teacher/model.pt",
         "models/student/model.pt",
         "models/student/training.png",
-        "reports/evaluate/knn.png",
+        "reports/evaluate/evaluation.png",
         "models/onnx/model.onnx",
     ):
         assert (project / output).is_file(), output

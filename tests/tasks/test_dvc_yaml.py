@@ -22,8 +22,11 @@ def test_dvc_yaml_matches_what_every_stage_imports_and_reads() -> None:
 def test_evaluation_code_is_a_dep_of_evaluate_only() -> None:
     evaluate = code_deps(stage("evaluate"))
     for path in (
-        "tasks/evaluate.py",
+        "tasks/evaluate/stage.py",
+        "tasks/evaluate/labeled.py",
         "ssl_core/knn.py",
+        "ssl_core/label_free.py",
+        "ssl_core/linear_probe.py",
         "ssl_core/embed.py",
         "ssl_core/augment.py",
         "ssl_core/backbones.py",
@@ -33,7 +36,8 @@ def test_evaluation_code_is_a_dep_of_evaluate_only() -> None:
         assert depends_on(evaluate, path)
     for training in ("teacher", "pretrain"):
         deps = code_deps(stage(training))
-        assert not depends_on(deps, "ssl_core/knn.py") and not depends_on(deps, "tasks/evaluate.py")
+        assert not depends_on(deps, "ssl_core/knn.py") and not depends_on(deps, "tasks/evaluate/stage.py")
+        assert not depends_on(deps, "ssl_core/label_free.py") and not depends_on(deps, "tasks/promotion.py")
         assert depends_on(deps, "ssl_core/engine.py") and depends_on(deps, "ssl_core/methods/dino.py")
     assert not depends_on(evaluate, "ssl_core/engine.py")  # training code does not make the metrics stale
     assert not depends_on(evaluate, "ssl_core/methods/dino.py")  # only the recipes, which the schema reads

@@ -139,6 +139,11 @@ def test_split_and_label_from_paths() -> None:
     assert split_and_label(P("VAL/n01/1.jpg"), "train") == ("val", "n01")
     assert split_and_label(P("cat/1.jpg"), "train") == ("train", "cat")
     assert split_and_label(P("1.jpg"), "unlabeled") == ("unlabeled", None)
+    # A few labeled class folders next to many unlabeled images (STL-10's layout).
+    assert split_and_label(P("unlabeled/1.jpg"), "train") == ("train", None)
+    assert split_and_label(P("Unlabeled/drive-3/1.jpg"), "train") == ("train", None)
+    assert split_and_label(P("train/unlabeled/1.jpg"), "train") == ("train", None)
+    assert split_and_label(P("test/unlabeled/1.jpg"), "train") == ("test", None)
 
 
 def test_missing_and_empty_sources_fail_with_what_to_do(tmp_path: Path) -> None:

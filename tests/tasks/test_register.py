@@ -15,9 +15,12 @@ from ssl_core.export import export_onnx
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
 from ssl_core.onnx_format import OnnxMetadata
 from tasks import register
+from tasks.gate_metrics import GATE_METRICS
 from tasks.mlflow_setup import project_db_uri
 from tasks.params import RegisterParams
-from tasks.register import CHAMPION, METRIC_TAG, maybe_promote
+from tasks.register import CHAMPION, RegistrationError, maybe_promote
+
+KNN = GATE_METRICS["knn_top1"]
 
 
 @pytest.fixture()
@@ -31,19 +34,19 @@ def add_version(client: MlflowClient, name: str, top1: float, tmp_path: Path) ->
     if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(name)
     version = client.create_model_version(name, source=(tmp_path / "artifact").as_uri()).version
-    client.set_model_version_tag(name, version, METRIC_TAG, f"{top1:.6f}")
+    client.set_model_version_tag(name, version, KNN.name, f"{top1:.6f}")
     return str(version)
 
 
 def test_champion_moves_only_when_beaten_by_the_margin(client: MlflowClient, tmp_path: Path) -> None:
     v1 = add_version(client, "m", 0.50, tmp_path)
-    assert maybe_promote(client, "m", v1, 0.50, margin=0.01)[0]  # first version always becomes champion
+    assert maybe_promote(client, "m", v1, KNN, 0.50, margin=0.01)[0]  # first version always becomes champion
     v2 = add_version(client, "m", 0.505, tmp_path)
-    promoted, reason = maybe_promote(client, "m", v2, 0.505, margin=0.01)
+    promoted, reason = maybe_promote(client, "m", v2, KNN, 0.505, margin=0.01)
     assert not promoted and "margin" in reason
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == v1
     v3 = add_version(client, "m", 0.53, tmp_path)
-    assert maybe_promote(client, "m", v3, 0.53, margin=0.01)[0]
+    assert maybe_promote(client, "m", v3, KNN, 0.53, margin=0.01)[0]
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == v3
 
 
@@ -61,7 +64,7 @@ def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def stage_inputs(root: Path, config: dict, top1: float) -> dict[str, Path]:
+def stage_inputs(root: Path, config: dict, top1: float | None, rankme: float = 100.0) -> dict[str, Path]:
     """What the earlier stages leave: ingested data, a student folder, an evaluation folder."""
     ingested, student, evaluation = root / "ingested", root / "student", root / "evaluate"
     for folder in (ingested, student, evaluation):
@@ -70,9 +73,9 @@ def stage_inputs(root: Path, config: dict, top1: float) -> dict[str, Path]:
     (ingested / "ingest_report.json").write_text("{}")
     (student / "config.json").write_text(json.dumps(config))
     (student / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "loss": 5.0, "embedding_std": 0.1}]}))
-    (evaluation / "metrics.json").write_text(
-        json.dumps({"student": {"top1": top1, "top5": 0.9}, "random_init": {"top1": 0.2, "top5": 0.6}, "k": 20})
-    )
+    knn = {} if top1 is None else {"top1": top1, "top5": 0.9}
+    metrics = {"student": {"rankme": rankme, **knn}, "random_init": {"rankme": 20.0}, "k": 20}
+    (evaluation / "metrics.json").write_text(json.dumps(metrics))
     return {"ingested": ingested, "student_dir": student, "evaluation_dir": evaluation}
 
 
@@ -130,7 +133,40 @@ def test_register_logs_the_students_config_and_tags_its_hash(
     client = MlflowClient(first["tracking_uri"])
     assert client.get_model_version("emb", same["version"]).aliases == []  # the challenger moved on
     version = client.get_model_version("emb", other["version"])
-    assert version.tags["params_hash"] == other["tags"]["params_hash"] and version.tags[METRIC_TAG] == "0.500000"
+    assert version.tags["params_hash"] == other["tags"]["params_hash"] and version.tags["knn_top1"] == "0.500000"
+    assert version.tags["gate_metric"] == "knn_top1" and version.tags["rankme"] == "100.000000"
+
+
+def test_without_labels_rankme_decides_and_is_compared_only_with_rankme(
+    tmp_path: Path, onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project_db_uri(tmp_path))
+
+    def registered(name: str, top1: float | None, rankme: float, metric: str = "auto") -> dict:
+        inputs = stage_inputs(tmp_path / name, trained_with(epochs=2), top1, rankme)
+        settings = RegisterParams(model_name="emb", metric=metric)
+        return register.run(
+            settings, onnx_dir=onnx_dir, out_path=tmp_path / f"{name}.json", project_dir=tmp_path, **inputs
+        )
+
+    labeled = registered("labeled", top1=0.6, rankme=100.0)
+    assert labeled["gate_metric"] == "knn_top1" and labeled["promoted_to_champion"]
+    # No labels: RankMe decides, against the champion's RankMe (not its kNN 0.6), and the switch is reported.
+    richer = registered("richer", top1=None, rankme=150.0)
+    assert richer["gate_metric"] == "rankme" and richer["gate_value"] == 150.0 and richer["promoted_to_champion"]
+    assert "RankMe 150.0000 > champion v1 100.0000" in richer["reason"] and "promoted on knn_top1" in richer["reason"]
+    poorer = registered("poorer", top1=None, rankme=120.0)
+    assert not poorer["promoted_to_champion"] and "RankMe 120.0000 <= champion v2 150.0000" in poorer["reason"]
+    client = MlflowClient(richer["tracking_uri"])
+    tags = client.get_model_version("emb", richer["version"]).tags
+    assert tags["gate_metric"] == "rankme" and tags["gate_value"] == "150.000000" and "knn_top1" not in tags
+    assert client.get_run(richer["run_id"]).data.metrics["student.rankme"] == 150.0
+    # A metric the evaluation lacks fails before anything is logged, saying what it has.
+    experiment = client.get_run(richer["run_id"]).info.experiment_id
+    runs_before = len(client.search_runs([experiment]))
+    with pytest.raises(RegistrationError, match="register.metric = 'knn_top1'.*it has rankme"):
+        registered("knn-without-labels", top1=None, rankme=300.0, metric="knn_top1")
+    assert len(client.search_runs([experiment])) == runs_before
 
 
 def test_register_logs_the_curation_report_and_counts(

@@ -1,0 +1,110 @@
+"""End to end without labels: a flat folder of 150 real images to a registered ONNX model that ``sslpipe serve`` serves.
+
+The user this product is for: many unlabeled images, no class folders. ``dvc repro``
+runs every stage; evaluate reports the label-free metrics only (and says why there is
+no kNN); register promotes on RankMe; the champion is then served by the real CLI
+process over HTTP, and its embeddings equal the exported ONNX file's.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tasks.stages import STAGE_NAMES
+from tests.project import environment, make_project, ran_stages, sh
+
+pytestmark = pytest.mark.slow
+
+
+def flat_folder(archive: Path, destination: Path, count: int) -> Path:
+    """The first ``count`` train images of the archive, renamed into one flat folder: no labels, no splits."""
+    destination.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and "/train/" in m.name][:count]
+        for i, member in enumerate(members):
+            (destination / f"frame_{i:04d}.jpg").write_bytes(tar.extractfile(member).read())
+    return destination
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def unlabeled_project(tmp_path_factory: pytest.TempPathFactory, tiny_cifar_archive: Path) -> Path:
+    project = make_project(tmp_path_factory.mktemp("unlabeled"), tiny_cifar_archive)
+    flat_folder(tiny_cifar_archive, project / "data/frames", 150)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["source"] = "data/frames"
+    params["curate"]["selection"]["size"] = 20
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = sh(project, "dvc", "repro")
+    assert ran_stages(result.stdout) == list(STAGE_NAMES)
+    return project
+
+
+def test_a_flat_unlabeled_folder_gets_label_free_metrics_and_a_champion(unlabeled_project: Path) -> None:
+    metrics = json.loads((unlabeled_project / "reports/evaluate/metrics.json").read_text())
+    curated = json.loads((unlabeled_project / "data/curated/report.json").read_text())
+    assert metrics["labels"] == {"skipped": "no image of the train split has a label"}
+    assert metrics["num_images"] == metrics["num_unlabeled"] == curated["counts"]["kept"] <= 150
+    assert "top1" not in metrics["student"]
+    for name in ("student", "random_init"):
+        assert 1.0 < metrics[name]["rankme"] <= 150 and -4.0 < metrics[name]["uniformity"] < 0.0
+    assert (unlabeled_project / "reports/evaluate/evaluation.png").stat().st_size > 10_000
+    registration = json.loads((unlabeled_project / "reports/registration.json").read_text())
+    assert registration["gate_metric"] == "rankme" and registration["promoted_to_champion"]
+    assert registration["aliases"] == ["challenger", "champion"]
+    assert registration["tags"]["rankme"] == registration["tags"]["gate_value"] == f"{metrics['student']['rankme']:.6f}"
+
+
+def test_sslpipe_serve_serves_the_unlabeled_champion(unlabeled_project: Path) -> None:
+    import httpx
+    from PIL import Image
+
+    from ssl_core.onnx_embedder import OnnxEmbedder
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["sslpipe", "serve", "--model", "models:/ssl-embedder@champion", "--port", str(port)],
+        cwd=unlabeled_project,
+        env=environment(unlabeled_project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"sslpipe serve exited:\n{server.stdout.read()[-3000:]}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "sslpipe serve did not answer /health within 120 s"
+            time.sleep(0.5)
+        images = sorted((unlabeled_project / "data/frames").glob("*.jpg"))[:3]
+        response = httpx.post(
+            f"{url}/embed",
+            files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images],
+            timeout=60,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert response.status_code == 200, response.text
+    direct = OnnxEmbedder(unlabeled_project / "models/onnx/model.onnx").embed([Image.open(p) for p in images])
+    np.testing.assert_allclose(np.array(response.json()["embeddings"]), direct, atol=1e-5)
