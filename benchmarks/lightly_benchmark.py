@@ -1,4 +1,4 @@
-"""Reproduce the lightly benchmarks: every method, kNN (k=200, t=0.1) after each epoch.
+"""Reproduce the lightly benchmarks: every method, kNN (k=200, t=0.1) and label-free scores after each epoch.
 
     # CIFAR-10, ResNet-18 CIFAR variant, the lightly recipe (batch 512, 200 epochs):
     python benchmarks/lightly_benchmark.py --dataset cifar10 --epochs 200 --out benchmarks/results/gpu-cifar10
@@ -17,12 +17,21 @@ and host memory per method. ``--lr`` replaces the recipe's learning rate.
 ``distillation`` runs last and distills from the best model trained in this
 ``--work-dir``.
 
+Every evaluation (each epoch, and the random-init backbone) also records the
+label-free scores of :mod:`ssl_core.label_free`, as the pipeline's evaluate stage
+defines them: RankMe of the train-split eval embeddings (the kNN bank), alignment
+and uniformity on two standard views of ``--label-free-pairs`` train images, the
+same seeded sample and views for every checkpoint.
+``benchmarks/label_free_vs_knn.py`` then measures how well they predict kNN.
+
 Checkpoints live in ``--work-dir``: rerunning the same command resumes every
 method from its last finished epoch (``--epochs`` can grow between runs only by
 starting over, since the cosine schedule depends on it). Methods can run in
 separate calls (``--methods simclr``, then ``--methods moco``, ...; e.g. one per
 call on a machine with a time limit per command): results of the same setup in
-``--out`` are merged into one ``results.json`` and ``results.md``. Needs only
+``--out`` are merged into one ``results.json`` and ``results.md``, written after
+every method; a method whose loss diverges is reported as failed and the others
+still run. Needs only
 torch, torchvision and ssl_core, so it runs on a bare GPU machine;
 ``benchmarks/summarize.py`` then tabulates and plots every run.
 """
@@ -35,11 +44,11 @@ import platform
 import resource
 import sys
 import tarfile
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 from ssl_core.augment import Normalization, eval_transform
 from ssl_core.backbones import build_backbone
@@ -47,6 +56,7 @@ from ssl_core.data import ManifestDataset
 from ssl_core.embed import compute_embeddings
 from ssl_core.engine import EpochStats, TrainConfig, train
 from ssl_core.knn import knn_evaluate
+from ssl_core.label_free import embed_two_views, label_free_scores, sample_indices, standard_views
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
 from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig
 from ssl_core.methods.factory import build_method, method_class
@@ -78,6 +88,16 @@ DATASETS = {
 }
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What is measured on one checkpoint: kNN top-1 on the test split, and the label-free scores."""
+
+    knn_top1: float
+    rankme: float
+    alignment: float
+    uniformity: float
+
+
 @dataclass
 class MethodResult:
     method: str
@@ -89,6 +109,10 @@ class MethodResult:
     best_knn_top1: float = 0.0
     best_epoch: int = 0
     random_init_knn_top1: float = 0.0
+    # {epoch, knn_top1, rankme, alignment, uniformity} per evaluated epoch; empty in results from before them.
+    per_epoch: list[dict] = field(default_factory=list)
+    # The random-init backbone's Evaluation as a dict (the same for every method of a run).
+    random_init: dict | None = None
     train_seconds: float = 0.0
     peak_gpu_memory_gb: float | None = None
     peak_host_memory_gb: float | None = None
@@ -155,26 +179,54 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
     )
 
 
-def knn_top1(
-    backbone: torch.nn.Module, bank: ManifestDataset, queries: ManifestDataset, args: argparse.Namespace
-) -> float:
+@dataclass(frozen=True)
+class EvaluationData:
+    """The kNN bank (train split) and queries (test split) with the eval transform, and the label-free pairs.
+
+    ``pairs`` is a seeded sample of train images under the standard (random) views: the
+    same images, and with :func:`embed_two_views`'s seeding the same views, at every checkpoint.
+    """
+
+    bank: ManifestDataset
+    queries: ManifestDataset
+    pairs: Dataset
+
+
+def evaluation_data(spec: DatasetSpec, root: Path, args: argparse.Namespace) -> EvaluationData:
+    norm = Normalization()
+    evaluation = eval_transform(spec.image_size, norm)
+    bank = ManifestDataset(root, [spec.train_split], evaluation)
+    views = ManifestDataset(root, [spec.train_split], standard_views(spec.image_size, norm))
+    pairs = Subset(views, sample_indices(len(views), args.label_free_pairs, args.seed))
+    return EvaluationData(bank, ManifestDataset(root, [spec.test_split], evaluation), pairs)
+
+
+def evaluate(backbone: torch.nn.Module, data: EvaluationData, args: argparse.Namespace) -> Evaluation:
+    """kNN top-1 and the label-free scores; the bank is embedded once and serves both kNN and RankMe.
+
+    Reseeding the global RNG for the views does not disturb training: the engine
+    reseeds it at the start of every epoch.
+    """
     device = resolve_device(args.device)
     backbone.to(device)
-    bank_x, bank_y = compute_embeddings(backbone, bank, 512, args.num_workers, device, args.precision)
-    query_x, query_y = compute_embeddings(backbone, queries, 512, args.num_workers, device, args.precision)
-    return knn_evaluate(bank_x, bank_y, query_x, query_y, len(bank.class_names), k=200, temperature=0.1).top1
+    bank_x, bank_y = compute_embeddings(backbone, data.bank, 512, args.num_workers, device, args.precision)
+    query_x, query_y = compute_embeddings(backbone, data.queries, 512, args.num_workers, device, args.precision)
+    knn = knn_evaluate(bank_x, bank_y, query_x, query_y, len(data.bank.class_names), k=200, temperature=0.1)
+    view_a, view_b = embed_two_views(backbone, data.pairs, 512, args.num_workers, device, args.precision, args.seed)
+    scores = label_free_scores(bank_x, view_a, view_b)
+    return Evaluation(knn.top1, scores.rankme, scores.alignment, scores.uniformity)
 
 
-def evaluation_splits(spec: DatasetSpec, root: Path) -> tuple[ManifestDataset, ManifestDataset]:
-    """The kNN bank (train split) and queries (test split) with the eval transform."""
-    evaluation = eval_transform(spec.image_size, Normalization())
-    return ManifestDataset(root, [spec.train_split], evaluation), ManifestDataset(root, [spec.test_split], evaluation)
-
-
-def random_init_knn(spec: DatasetSpec, root: Path, args: argparse.Namespace) -> float:
-    """kNN of the untrained backbone, seeded like every method's starting point."""
+def random_init_evaluation(spec: DatasetSpec, data: EvaluationData, args: argparse.Namespace) -> Evaluation:
+    """The untrained backbone, seeded like every method's starting point."""
     seed_everything(args.seed)
-    return knn_top1(build_backbone(spec.backbone, spec.image_size).module, *evaluation_splits(spec, root), args)
+    return evaluate(build_backbone(spec.backbone, spec.image_size).module, data, args)
+
+
+def read_epoch_log(path: Path) -> dict[str, dict]:
+    """Per-epoch evaluations by epoch number; a log from before the label-free scores holds bare kNN floats."""
+    log = json.loads(path.read_text())
+    return {epoch: entry if isinstance(entry, dict) else {"knn_top1": entry} for epoch, entry in log.items()}
 
 
 def recipe(name: str, spec: DatasetSpec) -> object:
@@ -192,10 +244,10 @@ def run_method(
     root: Path,
     args: argparse.Namespace,
     teacher_path: Path | None,
-    random_init_top1: float,
+    data: EvaluationData,
+    random_init: Evaluation,
 ) -> MethodResult:
     norm = Normalization()
-    bank, queries = evaluation_splits(spec, root)
     seed_everything(args.seed)
     backbone = build_backbone(spec.backbone, spec.image_size)
     train_set = ManifestDataset(root, [spec.train_split])
@@ -206,25 +258,32 @@ def run_method(
     config = train_config(args, name)
     method_dir = args.work_dir / "runs" / name
     log_path = method_dir / "knn_per_epoch.json"
-    knn_log: dict[str, float] = json.loads(log_path.read_text()) if log_path.exists() and args.resume else {}
-    result = MethodResult(name, args.epochs, config.batch_size, config.lr, random_init_knn_top1=random_init_top1)
-    eval_seconds = 0.0
+    # Resuming keeps the evaluations of the epochs trained before, label-free scores included.
+    epoch_log = read_epoch_log(log_path) if log_path.exists() and args.resume else {}
+    result = MethodResult(
+        name,
+        args.epochs,
+        config.batch_size,
+        config.lr,
+        random_init_knn_top1=random_init.knn_top1,
+        random_init=asdict(random_init),
+    )
 
     def evaluate_epoch(stats: EpochStats) -> None:
-        nonlocal eval_seconds
-        started = time.perf_counter()
-        knn_log[str(stats.epoch)] = knn_top1(method.backbone, bank, queries, args)
-        eval_seconds += time.perf_counter() - started
-        log_path.write_text(json.dumps(knn_log, indent=2))
+        evaluation = evaluate(method.backbone, data, args)
+        epoch_log[str(stats.epoch)] = asdict(evaluation)
+        log_path.write_text(json.dumps(epoch_log, indent=2))
         print(
-            f"  {name} epoch {stats.epoch}: loss {stats.loss:.4f} kNN top-1 {knn_log[str(stats.epoch)]:.4f}", flush=True
+            f"  {name} epoch {stats.epoch}: loss {stats.loss:.4f} kNN top-1 {evaluation.knn_top1:.4f} "
+            f"RankMe {evaluation.rankme:.1f} alignment {evaluation.alignment:.3f} "
+            f"uniformity {evaluation.uniformity:.3f}",
+            flush=True,
         )
 
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_host_memory()
-    started = time.perf_counter()
     method_dir.mkdir(parents=True, exist_ok=True)
     history = train(
         method,
@@ -235,15 +294,23 @@ def run_method(
         fingerprint=f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{args.seed}",
         on_epoch_end=evaluate_epoch,
     )
-    # Training time only: the per-epoch kNN runs inside the loop but is not training.
-    result.train_seconds = time.perf_counter() - started - eval_seconds
-    if device.type == "cuda":
-        result.peak_gpu_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
-    result.peak_host_memory_gb = peak_host_memory_gb()
-    result.knn_per_epoch = [knn_log[str(e)] for e in range(1, args.epochs + 1) if str(e) in knn_log]
+    # Training time only, from the epochs' own clocks: they stop before the per-epoch
+    # evaluation, and the checkpoint keeps them, so a resumed run reports every epoch's time.
+    result.train_seconds = sum(epoch.seconds for epoch in history.epochs)
+    if history.resumed_from_epoch < args.epochs:  # a call that trained nothing measured no training memory
+        if device.type == "cuda":
+            result.peak_gpu_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
+        result.peak_host_memory_gb = peak_host_memory_gb()
+    if str(args.epochs) not in epoch_log:
+        # Interrupted between the last checkpoint and its evaluation: the resumed run trained nothing more.
+        epoch_log[str(args.epochs)] = asdict(evaluate(method.backbone, data, args))
+        log_path.write_text(json.dumps(epoch_log, indent=2))
+    evaluated = [e for e in range(1, args.epochs + 1) if str(e) in epoch_log]
+    result.knn_per_epoch = [epoch_log[str(e)]["knn_top1"] for e in evaluated]
+    result.per_epoch = [{"epoch": e, **epoch_log[str(e)]} for e in evaluated if "rankme" in epoch_log[str(e)]]
     result.final_knn_top1 = result.knn_per_epoch[-1]
     result.best_knn_top1 = max(result.knn_per_epoch)
-    result.best_epoch = result.knn_per_epoch.index(result.best_knn_top1) + 1
+    result.best_epoch = evaluated[result.knn_per_epoch.index(result.best_knn_top1)]
     result.collapsed = bool(history.epochs and history.epochs[-1].collapsed)
     info = EmbeddingModelInfo(spec.backbone, backbone.feature_dim, spec.image_size, norm, name)
     save_embedding_model(trained_model_path(args, name), method.backbone.cpu(), info)
@@ -261,23 +328,36 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         f"backbone {header['backbone']}, batch {header['batch_size']}, {header['epochs']} epoch(s), "
         f"{header['precision']}.",
         "",
-        "| method | epochs | lr | kNN top-1 final | kNN top-1 best (epoch) | random init | train time (no eval) "
-        "| peak GPU mem | peak host mem |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | epochs | lr | kNN top-1 final | kNN top-1 best (epoch) | random init | RankMe final "
+        "| train time (no eval) | peak GPU mem | peak host mem |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        memory = f"{r.peak_gpu_memory_gb:.1f} GB" if r.peak_gpu_memory_gb is not None else "n/a (CPU)"
+        memory = f"{r.peak_gpu_memory_gb:.1f} GB" if r.peak_gpu_memory_gb is not None else "n/a"
         host = f"{r.peak_host_memory_gb:.1f} GB" if r.peak_host_memory_gb is not None else "n/a"
         duration = f"{r.train_seconds:.0f} s" if r.train_seconds < 600 else f"{r.train_seconds / 60:.1f} min"
+        rank = f"{r.per_epoch[-1]['rankme']:.1f}" if r.per_epoch else "n/a"
         lines.append(
             f"| {r.method} | {r.epochs} | {r.lr:g} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
-            f"{r.random_init_knn_top1:.4f} | {duration} | {memory} | {host} |"
+            f"{r.random_init_knn_top1:.4f} | {rank} | {duration} | {memory} | {host} |"
         )
+    random_init = next((r.random_init for r in results if r.random_init is not None), None)
+    if random_init is not None:
+        lines += [
+            "",
+            f"Random init: RankMe {random_init['rankme']:.1f}, alignment {random_init['alignment']:.3f}, "
+            f"uniformity {random_init['uniformity']:.3f}. RankMe is the effective rank of the "
+            f"{header['train_images']} train-split eval embeddings (the kNN bank); every epoch's RankMe, "
+            f"alignment and uniformity (on {header['label_free_pairs']} train images) are in results.json.",
+        ]
     lines += [
         "",
         "Peak host memory per method is the process's peak RSS while that method trained and was "
-        f"evaluated; over the whole run it was {header['peak_host_memory_gb']:.1f} GB.",
+        f"evaluated (n/a: resumed after its last epoch, nothing trained); over the whole run it was "
+        f"{header['peak_host_memory_gb']:.1f} GB. Peak GPU memory: n/a on a CPU.",
     ]
+    for method, error in header.get("failed", {}).items():
+        lines += ["", f"**{method} failed** and has no result: {error}"]
     return "\n".join(lines) + "\n"
 
 
@@ -299,6 +379,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="bf16-mixed", choices=("fp32", "bf16-mixed"))
     parser.add_argument("--num-workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--label-free-pairs",
+        type=int,
+        default=1024,
+        help="train images (a seeded sample) whose two views give alignment and uniformity",
+    )
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="start every method from scratch")
     parser.add_argument("--datasets", type=Path, default=REPO_ROOT.parent / "shared" / "datasets")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/ssl-benchmark"))
@@ -326,13 +412,22 @@ def main(argv: list[str] | None = None) -> None:
         "precision": args.precision,
         "train_images": len(ManifestDataset(root, [spec.train_split])),
         "test_images": len(ManifestDataset(root, [spec.test_split])),
+        "label_free_pairs": min(args.label_free_pairs, len(ManifestDataset(root, [spec.train_split]))),
         "torch": torch.__version__,
     }
     # Methods may run in separate invocations (one per GPU call): results of the same
     # setup in --out are kept, and a method run again replaces its old result.
     previous_header, finished = previous_results(args.out, setup, parser)
-    random_init_top1 = random_init_knn(spec, root, args)
-    print(f"random-init kNN top-1: {random_init_top1:.4f}", flush=True)
+    command = "python benchmarks/lightly_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    commands = previous_header.get("commands", []) + [command]
+    failed: dict[str, str] = dict(previous_header.get("failed", {}))
+    data = evaluation_data(spec, root, args)
+    random_init = random_init_evaluation(spec, data, args)
+    print(
+        f"random init: kNN top-1 {random_init.knn_top1:.4f} RankMe {random_init.rankme:.1f} "
+        f"alignment {random_init.alignment:.3f} uniformity {random_init.uniformity:.3f}",
+        flush=True,
+    )
     for name in methods:
         teacher = None
         if method_class(name).needs_teacher:
@@ -347,25 +442,31 @@ def main(argv: list[str] | None = None) -> None:
             teacher = trained_model_path(args, best.method)
             print(f"{name} teacher: {best.method} (kNN {best.final_knn_top1:.4f})")
         print(f"== {name}", flush=True)
-        finished[name] = run_method(name, spec, root, args, teacher, random_init_top1)
+        try:
+            finished[name] = run_method(name, spec, root, args, teacher, data, random_init)
+            failed.pop(name, None)
+        except FloatingPointError as error:  # a diverged method is a result too; the others still run
+            finished.pop(name, None)
+            failed[name] = f"{error} (lr {train_config(args, name).lr:g})"
+            print(f"{name} failed: {failed[name]}", flush=True)
+        # Written after every method, so a crash later loses none of the finished ones.
+        write_results(args.out, {**previous_header, **setup, "commands": commands, "failed": failed}, finished)
+    print((args.out / "results.md").read_text())
 
+
+def write_results(out: Path, header: dict, finished: dict[str, MethodResult]) -> None:
+    """``results.json`` and ``results.md`` of the finished methods, in the order of ``ALL_METHODS``."""
     results = [finished[m] for m in ALL_METHODS if m in finished]
-    command = "python benchmarks/lightly_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = {
-        **setup,
-        "commands": previous_header.get("commands", []) + [command],
-        # Each method reset the peak counter: the run's peak is the largest of theirs.
-        "peak_host_memory_gb": max(
-            [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]
-            + [r.peak_host_memory_gb for r in results if r.peak_host_memory_gb is not None]
-        ),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(
+    # Each method reset the peak counter: the run's peak is the largest of theirs.
+    header["peak_host_memory_gb"] = max(
+        [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]
+        + [r.peak_host_memory_gb for r in results if r.peak_host_memory_gb is not None]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(
         json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=2) + "\n"
     )
-    (args.out / "results.md").write_text(markdown(results, header))
-    print(markdown(results, header))
+    (out / "results.md").write_text(markdown(results, header))
 
 
 def previous_results(out: Path, setup: dict, parser: argparse.ArgumentParser) -> tuple[dict, dict[str, MethodResult]]:

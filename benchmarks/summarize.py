@@ -41,8 +41,12 @@ def final_with_gain(result: dict) -> str:
 
 
 def load_runs(results_dir: Path) -> dict[str, dict]:
-    """Every ``<run>/results.json`` under ``results_dir``, by run folder name."""
-    return {path.parent.name: json.loads(path.read_text()) for path in sorted(results_dir.glob("*/results.json"))}
+    """Every ``<run>/results.json`` of ``lightly_benchmark.py`` under ``results_dir``, by run folder name.
+
+    Other benchmarks' folders (curation, label-free vs kNN) hold results.json files of their own shape: skipped.
+    """
+    reports = {path.parent.name: json.loads(path.read_text()) for path in sorted(results_dir.glob("*/results.json"))}
+    return {name: r for name, r in reports.items() if "dataset" in r.get("header", {}) and "results" in r}
 
 
 def plot_run(name: str, run: dict, path: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import summarize
+from benchmarks import label_free_vs_knn, lightly_benchmark, summarize
 from benchmarks.lightly_benchmark import DATASETS, main
 from tests.datasets import cut_cifar10
 
@@ -68,18 +68,41 @@ def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path, datas
     assert len(report["header"]["commands"]) == 2 and "--methods distillation" in report["header"]["commands"][1]
     assert report["header"]["train_images"] == 10 * TRAIN_PER_CLASS
     assert report["header"]["test_images"] == 10 * TEST_PER_CLASS
+    assert report["header"]["label_free_pairs"] == 10 * TRAIN_PER_CLASS  # the default 1024, capped at the split
+    random_init = report["results"][0]["random_init"]
     for result in report["results"]:
         assert len(result["knn_per_epoch"]) == 1 and 0.0 <= result["final_knn_top1"] <= 1.0
+        # Every evaluation records the label-free scores next to kNN, within their ranges (512-d ResNet-18).
+        [epoch] = result["per_epoch"]
+        assert epoch["epoch"] == 1 and epoch["knn_top1"] == result["final_knn_top1"]
+        assert 1.0 <= epoch["rankme"] <= 10 * TRAIN_PER_CLASS and 0.0 <= epoch["alignment"] <= 4.0
+        assert -4.0 <= epoch["uniformity"] <= 0.0
+        # One random init per run, the same backbone and sample whichever call measured it.
+        assert result["random_init"] == pytest.approx(random_init)
+        assert result["random_init"]["knn_top1"] == result["random_init_knn_top1"]
         assert result["best_knn_top1"] == result["final_knn_top1"] and result["train_seconds"] > 0
         assert result["lr"] == 0.02  # --lr overrides the lightly recipe's 0.06 x 32/128
         # Per-method peak RSS from /proc: at least the ~0.3 GB that torch itself occupies.
         assert 0.2 < result["peak_host_memory_gb"] <= report["header"]["peak_host_memory_gb"]
     table = (out / "results.md").read_text()
     assert "| simclr | 1 | 0.02 |" in table and "| distillation | 1 | 0.02 |" in table
+    assert f"| {report['results'][0]['per_epoch'][0]['rankme']:.1f} |" in table  # final RankMe column
 
     with pytest.raises(SystemExit):  # another setup in the same --out would mix incomparable numbers
         run_benchmark(tmp_path, datasets_dir, "--methods", "simclr", "--epochs", "2")
     assert json.loads((out / "results.json").read_text()) == report
+
+    # A resumed run trains nothing more and takes each epoch's scores from the method's log.
+    log_path = tmp_path / "work" / "cifar10" / "runs" / "simclr" / "knn_per_epoch.json"
+    log = json.loads(log_path.read_text())
+    log["1"]["rankme"] = 123.0
+    log_path.write_text(json.dumps(log))
+    run_benchmark(tmp_path, datasets_dir, "--methods", "simclr", "--epochs", "1")
+    resumed = json.loads((out / "results.json").read_text())["results"][0]
+    assert resumed["per_epoch"] == [{**report["results"][0]["per_epoch"][0], "rankme": 123.0}]
+    # The checkpoint keeps each epoch's training time; the call trained nothing, so it measured no memory.
+    assert resumed["train_seconds"] == report["results"][0]["train_seconds"]
+    assert resumed["peak_host_memory_gb"] is None
 
     summarize.main(["--results", str(tmp_path)])  # the overview of every run folder under tmp_path
     overview = (tmp_path / "README.md").read_text()
@@ -87,3 +110,77 @@ def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path, datas
     gain = simclr["final_knn_top1"] - simclr["random_init_knn_top1"]
     assert f"| simclr | {simclr['final_knn_top1']:.3f} ({gain:+.3f}) | 0.848 |" in overview
     assert (out / "knn_per_epoch.png").read_bytes().startswith(b"\x89PNG")
+
+
+def scores(knn_top1: float) -> dict[str, float]:
+    """Label-free scores that all move with kNN: RankMe up, uniformity down (better), alignment up (worse)."""
+    return {"knn_top1": knn_top1, "rankme": 100 * knn_top1, "alignment": knn_top1, "uniformity": -5 * knn_top1}
+
+
+def hand_made_run(path: Path) -> Path:
+    """A results.json whose checkpoints' kNN top-1 are known; byol's last epoch is within 1 point of simclr's."""
+    trajectories = {"simclr": [0.20, 0.30, 0.40], "byol": [0.25, 0.35, 0.405], "moco": [0.15]}
+    header = {"dataset": "cifar10", "backbone": "resnet18_cifar", "train_images": 80, "test_images": 40}
+    header |= {"epochs": 3, "device": "CPU", "commands": ["python benchmarks/lightly_benchmark.py --epochs 3"]}
+    results = [
+        {
+            "method": method,
+            "random_init": scores(0.10),
+            "per_epoch": [{"epoch": e, **scores(knn)} for e, knn in enumerate(knn_per_epoch, start=1)],
+        }
+        for method, knn_per_epoch in trajectories.items()
+    ]
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"header": header, "results": results}))
+    return path / "results.json"
+
+
+def test_label_free_vs_knn_on_scores_with_known_correlations(tmp_path: Path) -> None:
+    out = tmp_path / "analysis"
+    label_free_vs_knn.main(["--results", str(hand_made_run(tmp_path / "run")), "--out", str(out)])
+    analysis = json.loads((out / "results.json").read_text())
+    # The random init once, then 3 + 3 + 1 epochs.
+    assert len(analysis["points"]) == 8 and analysis["points"][0]["method"] == "random init"
+    overall = analysis["correlations"]["all checkpoints"]
+    assert overall["rankme"]["spearman"] == pytest.approx(1.0) and overall["rankme"]["kendall"] == pytest.approx(1.0)
+    assert overall["uniformity"]["spearman"] == pytest.approx(1.0)  # -uniformity rises with kNN
+    assert overall["alignment"]["spearman"] == pytest.approx(-1.0)  # -alignment falls as kNN rises
+    simclr = analysis["per_method"]["simclr"]
+    assert simclr["rankme"]["n"] == 4 and simclr["alignment"]["spearman"] == pytest.approx(-1.0)
+    assert analysis["per_method"]["moco"]["rankme"]["spearman"] is None  # two points rank nothing
+
+    pairwise = analysis["pairwise"]
+    # 8 points make 28 pairs; simclr's 0.40 and byol's 0.405 are within the 1-point gap.
+    everything = pairwise["all checkpoints"]
+    assert everything["rankme"] == {"pairs": 27, "agree": 27, "ties": 0, "fraction": 1.0}
+    assert everything["alignment"]["fraction"] == 0.0
+    # Final checkpoints: simclr-moco and byol-moco; simclr-byol is too close to call.
+    assert pairwise["final checkpoints of different methods"]["rankme"]["pairs"] == 2
+    # Without the random init: 7 points, 21 pairs, the same one too close.
+    assert pairwise["trained checkpoints"]["rankme"]["pairs"] == 20
+    assert analysis["correlations"]["trained checkpoints"]["rankme"]["n"] == 7
+    # Random init against each of the 7 checkpoints, plus 3 epoch pairs within simclr and 3 within byol.
+    assert pairwise["one method's checkpoints and the random init"]["uniformity"]["pairs"] == 13
+    assert pairwise["one method's epochs"]["uniformity"]["pairs"] == 6
+
+    table = (out / "results.md").read_text()
+    assert "| all checkpoints | RankMe | 8 | +1.00 (" in table
+    assert "| trained checkpoints | -alignment | 7 | -1.00 (" in table
+    assert "python benchmarks/lightly_benchmark.py --epochs 3" in table  # the benchmark's command, then this one's
+    assert (out / "label_free_vs_knn.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_diverged_method_is_reported_and_the_others_still_run(
+    tmp_path: Path, datasets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def diverge(*args: object, **kwargs: object) -> None:
+        raise FloatingPointError("Loss became nan in epoch 1; lower the learning rate.")
+
+    monkeypatch.setattr(lightly_benchmark, "train", diverge)
+    run_benchmark(tmp_path, datasets_dir, "--methods", "simclr,moco", "--epochs", "1")
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["results"] == []
+    assert report["header"]["failed"] == {
+        m: "Loss became nan in epoch 1; lower the learning rate. (lr 0.02)" for m in ("simclr", "moco")
+    }
+    assert "**moco failed** and has no result: Loss became nan" in (tmp_path / "out" / "results.md").read_text()
