@@ -307,7 +307,7 @@ class RegisterParams(_Section):
     experiment: str = "ssl-pipeline"
     model_name: str = "ssl-embedder"
     # What decides promotion (tasks.gate_metrics, tasks.promotion): auto = kNN top-1 when the evaluation had
-    # labels, RankMe when it had none; or knn_top1 | linear_top1 | rankme.
+    # labels, RankMe when it had none; or knn_top1 | linear_top1 | rankme | uniformity (docs/evaluation.md).
     metric: Literal[GATE_CHOICES] = "auto"  # type: ignore[valid-type]
     # The challenger becomes champion only if its gate metric beats the champion's by this
     # (in the metric's units: accuracy for top-1, dimensions for RankMe).

@@ -1,12 +1,13 @@
 """The champion gate: which metric decides whether a new version becomes champion, and the decision.
 
 A version is promoted when its value of the gate metric beats the champion's value
-of the *same* metric by ``register.champion_margin``. Every registered version
-carries a tag for each gate metric its evaluation produced (``knn_top1``,
-``linear_top1``, ``rankme``), so a champion trained with labels can be compared with
-a version trained without them on RankMe. Values of different metrics are never
-compared: when the champion has no value of the gate metric, the new version is
-not promoted and the reason says so.
+of the *same* metric by ``register.champion_margin`` (higher, or lower for
+uniformity). Every registered version carries a tag for each gate metric its
+evaluation produced (``knn_top1``, ``linear_top1``, ``rankme``, ``uniformity``),
+so a champion trained with labels can be compared with a version trained without
+them on RankMe. Values of different metrics are never compared: when the champion
+has no value of the gate metric, the new version is not promoted and the reason
+says so.
 
 The metrics themselves are defined in :mod:`tasks.gate_metrics`.
 """
@@ -80,9 +81,10 @@ def decide(
         )
     champion_value = float(champion_tags[metric.name])
     switched = f"; the champion was promoted on {champion_gate}" if champion_gate != metric.name else ""
-    comparison = ">" if value > champion_value + margin else "<="
-    return Decision(
-        comparison == ">",
-        f"{metric.title} {value:.4f} {comparison} {champion} {champion_value:.4f} + margin {margin}{switched}",
-        champion_value,
-    )
+    if metric.higher_is_better:
+        better, comparison = value > champion_value + margin, f"{champion} {champion_value:.4f} + margin {margin}"
+        symbol = ">" if better else "<="
+    else:
+        better, comparison = value < champion_value - margin, f"{champion} {champion_value:.4f} - margin {margin}"
+        symbol = "<" if better else ">="
+    return Decision(better, f"{metric.title} {value:.4f} {symbol} {comparison}{switched}", champion_value)

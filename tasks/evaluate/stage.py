@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,9 @@ def _embed(
     test: ManifestDataset | None,
     views: Subset,
     evaluate: EvaluateParams,
-    on_batch,
+    on_batch: Callable[[int], None],
 ) -> Embeddings:
+    """One model's embeddings of the train split, the test split if given, and two views of ``views``."""
     device = resolve_device(evaluate.device)
     model.to(device)
 

@@ -7,9 +7,9 @@ import pytest
 from tasks.gate_metrics import GATE_METRICS
 from tasks.promotion import GateMetricMissingError, choose_gate_metric, decide, metric_tags
 
-WITH_LABELS = {"student": {"top1": 0.41, "linear_top1": 0.45, "rankme": 180.5}, "k": 200}
+WITH_LABELS = {"student": {"top1": 0.41, "linear_top1": 0.45, "rankme": 180.5, "uniformity": -1.1}, "k": 200}
 WITHOUT_LABELS = {"student": {"rankme": 150.25, "alignment": 0.5}, "labels": {"skipped": "no labels"}}
-KNN, RANKME = GATE_METRICS["knn_top1"], GATE_METRICS["rankme"]
+KNN, RANKME, UNIFORMITY = GATE_METRICS["knn_top1"], GATE_METRICS["rankme"], GATE_METRICS["uniformity"]
 
 
 def test_auto_is_knn_with_labels_and_rankme_without() -> None:
@@ -21,7 +21,12 @@ def test_auto_is_knn_with_labels_and_rankme_without() -> None:
 
 
 def test_every_metric_the_evaluation_has_becomes_a_tag() -> None:
-    assert metric_tags(WITH_LABELS) == {"knn_top1": "0.410000", "linear_top1": "0.450000", "rankme": "180.500000"}
+    assert metric_tags(WITH_LABELS) == {
+        "knn_top1": "0.410000",
+        "linear_top1": "0.450000",
+        "rankme": "180.500000",
+        "uniformity": "-1.100000",
+    }
     assert metric_tags(WITHOUT_LABELS) == {"rankme": "150.250000"}
 
 
@@ -42,3 +47,12 @@ def test_a_change_of_metric_is_reported_and_never_mixed() -> None:
     old = decide(RANKME, 200.0, "1", {"knn_top1": "0.41"}, 0.0)
     assert not old.promote and old.champion_value is None
     assert "has no RankMe" in old.reason and "never compared" in old.reason
+
+
+def test_uniformity_promotes_the_lower_value() -> None:
+    tags = {"uniformity": "-1.10", "gate_metric": "uniformity"}
+    lower = decide(UNIFORMITY, -1.25, "4", tags, margin=0.1)
+    assert lower.promote and "uniformity -1.2500 < champion v4 -1.1000 - margin 0.1" == lower.reason
+    within_margin = decide(UNIFORMITY, -1.15, "4", tags, margin=0.1)
+    assert not within_margin.promote and ">=" in within_margin.reason
+    assert not decide(UNIFORMITY, -0.5, "4", tags, margin=0.0).promote
