@@ -17,6 +17,9 @@ its gate metric (``register.metric``: kNN top-1 with labels, RankMe without; see
 ``register.champion_margin``.
 Version tags: git commit, dataset manifest hash, hash of the logged params, each gate
 metric the evaluation produced, and ``gate_metric`` / ``gate_value``: what decided.
+Lineage: the manifest is the run's input dataset (MLflow dataset tracking: digest and
+source), the ONNX model carries an input example, and the version's description says
+how the model was trained and scored and what the gate decided.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ import hashlib
 import json
 import logging
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.data
 import mlflow.onnx
 import numpy as np
 import onnx
+import pandas as pd
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
@@ -94,6 +101,7 @@ def run(
     training = trained_with["training"]
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{training['method']}-{training['backbone']}") as run:
         mlflow.set_tags(tags)
+        log_dataset(ingested)
         mlflow.log_params(logged_params)
         mlflow.log_metrics(flat_metrics(metrics))
         for epoch in history["epochs"]:
@@ -117,6 +125,7 @@ def run(
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
     promoted, reason = maybe_promote(client, name, version, gate, gate_value, register.champion_margin)
+    client.update_model_version(name, version, description=describe_version(trained_with, metrics, reason))
     summary = {
         "tracking_uri": mlflow.get_tracking_uri(),
         "experiment": register.experiment,
@@ -146,6 +155,7 @@ def log_onnx(path: Path, registered_name: str):
         onnx.load(str(path)),
         name="onnx-embedder",
         signature=signature,
+        input_example=example,
         registered_model_name=registered_name,
         save_as_external_data=False,
         metadata={
@@ -171,6 +181,41 @@ def maybe_promote(client, name: str, version: str, gate: GateMetric, value: floa
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, version)
     return decision.promote, decision.reason
+
+
+def log_dataset(data_dir: Path) -> None:
+    """The manifest as the run's input (MLflow dataset tracking): its rows, digest and source, for lineage."""
+    manifest = data_dir / MANIFEST_NAME
+    frame = pd.read_csv(manifest)
+    # An explicit source: a bare path string is ambiguous to MLflow's source registry (it warns).
+    source = LocalArtifactDatasetSource(manifest.resolve().as_uri())
+    with warnings.catch_warnings():
+        # MLflow warns (when it infers the schema) that integer columns cannot hold
+        # missing values; a manifest has none.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=data_dir.name)
+        mlflow.log_input(dataset, context="training")
+
+
+def describe_version(trained_with: dict[str, Any], metrics: dict[str, Any], decision: str) -> str:
+    """The registered version's description: how it was trained, how it scored, what the gate decided."""
+    training = trained_with["training"]
+    trained = (
+        f"{training['method']} on {training['backbone']}, {training['epochs']} epochs"
+        + (f", batch {training['batch_size']}" if "batch_size" in training else "")
+        + (f", teacher {trained_with['teacher']}" if trained_with.get("teacher") else "")
+    )
+    student, baseline = metrics["student"], metrics["random_init"]
+    scores = [f"RankMe {student['rankme']:.1f} (random init {baseline['rankme']:.1f})"] if "rankme" in student else []
+    if "top1" in student:
+        scores.insert(0, f"kNN top-1 {student['top1']:.4f} (random init {baseline['top1']:.4f})")
+    if "linear_top1" in student:
+        scores.insert(1, f"linear probe {student['linear_top1']:.4f}")
+    if "top1" not in student:
+        evaluated = "without labels (label-free metrics)"
+    else:
+        evaluated = f"on {metrics['num_queries']} labeled queries" if "num_queries" in metrics else "with labels"
+    return f"Trained: {trained}. Scored {evaluated}: {'; '.join(scores)}. Champion gate: {decision}."
 
 
 def git_commit(project_dir: Path) -> str:

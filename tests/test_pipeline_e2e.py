@@ -65,6 +65,17 @@ def test_dvc_repro_runs_the_whole_chain(project: Path, first_metrics: dict) -> N
     assert registration["version"] == "1" and registration["aliases"] == ["challenger", "champion"]
 
 
+def test_training_curves_are_dvc_data_plots(project: Path, first_metrics: dict) -> None:
+    """`dvc plots show` draws each epoch of the teacher (1) and the student (1) from their history.json."""
+    plots = json.loads(sh(project, "dvc", "plots", "show", "--json").stdout)["data"]
+    for plot_id, field in (("training loss", "loss"), ("embedding spread", "embedding_std")):
+        points = plots[plot_id][0]["content"]["data"]["values"]
+        assert sorted(p["filename"] for p in points) == ["student/history.json", "teacher/history.json"]
+        history = json.loads((project / "models/student/history.json").read_text())["epochs"]
+        student = next(p for p in points if p["filename"] == "student/history.json")
+        assert student[field] == history[0][field] and student["epoch"] == 1
+
+
 def test_second_repro_is_a_no_op(project: Path, first_metrics: dict) -> None:
     result = sh(project, "dvc", "repro")
     assert ran_stages(result.stdout) == [] and "up to date" in result.stdout

@@ -74,7 +74,8 @@ def stage_inputs(root: Path, config: dict, top1: float | None, rankme: float = 1
     (student / "config.json").write_text(json.dumps(config))
     (student / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1, "loss": 5.0, "embedding_std": 0.1}]}))
     knn = {} if top1 is None else {"top1": top1, "top5": 0.9}
-    metrics = {"student": {"rankme": rankme, **knn}, "random_init": {"rankme": 20.0}, "k": 20}
+    baseline = {"rankme": 20.0, **({} if top1 is None else {"top1": 0.2, "top5": 0.6})}
+    metrics = {"student": {"rankme": rankme, **knn}, "random_init": baseline, "k": 20}
     (evaluation / "metrics.json").write_text(json.dumps(metrics))
     return {"ingested": ingested, "student_dir": student, "evaluation_dir": evaluation}
 
@@ -120,6 +121,16 @@ def test_register_logs_the_students_config_and_tags_its_hash(
     artifacts = MlflowClient(first["tracking_uri"]).list_artifacts(first["run_id"], "data")
     assert [a.path for a in artifacts] == ["data/ingest_report.json"]
     assert not MlflowClient(first["tracking_uri"]).list_artifacts(first["run_id"], "curation")
+    # Lineage: the manifest is the run's input dataset; the version says how it was trained and scored.
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "ingested" and dataset_input.tags[0].value == "training"
+    assert json.loads(dataset_input.dataset.source)["uri"].endswith("first/ingested/manifest.csv")
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == 1
+    description = MlflowClient(first["tracking_uri"]).get_model_version("emb", "1").description
+    assert description == (
+        "Trained: simclr on tiny, 2 epochs. Scored with labels: kNN top-1 0.5000 "
+        "(random init 0.2000); RankMe 100.0 (random init 20.0). Champion gate: first version: no champion yet."
+    )
     # Artifacts go to the project's mlartifacts/, never to the folder the process runs in.
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     assert not any(elsewhere.iterdir())
