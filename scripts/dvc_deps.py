@@ -272,8 +272,11 @@ def differences() -> list[str]:
             for o in entry.get(kind, [])
         }
         for option in stage.outputs:
-            if not any(Path(o) == option.default or option.default in Path(o).parents for o in outs):
+            declared_out = any(Path(o) == option.default or option.default in Path(o).parents for o in outs)
+            if option.versioned and not declared_out:
                 found.append(f"{stage.name}: output {option.default} (--{option.name}) is not among its dvc.yaml outs")
+            if not option.versioned and declared_out:
+                found.append(f"{stage.name}: {option.default} (--{option.name}) is local scratch, not a dvc.yaml out")
         read = params_read(stage)
         found += [f"{stage.name}: {problem}" for problem in read.problems]
         if sorted(entry.get("params", [])) != read.keys:

@@ -29,12 +29,16 @@ class PathOption:
         default: where the pipeline keeps it.
         help: what it is, for ``--help``.
         requires: for an input, the file inside it that must exist (``""``: the path itself).
+        versioned: for an output, whether DVC tracks it (a dvc.yaml out, cached and pushed).
+            Resume checkpoints are not: they are local scratch that a clone pulling the
+            outputs does not need, and DVC never deletes a path it does not track.
     """
 
     name: str
     default: Path
     help: str
     requires: str = ""
+    versioned: bool = True
 
     def required_under(self, path: Path) -> Path:
         """What must exist when the option is given ``path``: the file it requires inside, or the path itself."""
@@ -92,7 +96,9 @@ STAGES: tuple[Stage, ...] = (
         inputs=(DATA,),
         outputs=(
             PathOption("out", layout.TEACHER, "teacher folder"),
-            PathOption("checkpoints", layout.TEACHER_CHECKPOINTS, "epoch checkpoints, kept for resume"),
+            PathOption(
+                "checkpoints", layout.TEACHER_CHECKPOINTS, "epoch checkpoints, kept for resume", versioned=False
+            ),
         ),
     ),
     Stage(
@@ -102,7 +108,9 @@ STAGES: tuple[Stage, ...] = (
         inputs=(DATA, PathOption("teacher", layout.TEACHER, "prepared teacher folder", requires=layout.TEACHER_SPEC)),
         outputs=(
             PathOption("out", layout.STUDENT, "model folder: model.pt, history.json, training.png"),
-            PathOption("checkpoints", layout.STUDENT_CHECKPOINTS, "epoch checkpoints, kept for resume"),
+            PathOption(
+                "checkpoints", layout.STUDENT_CHECKPOINTS, "epoch checkpoints, kept for resume", versioned=False
+            ),
         ),
     ),
     Stage(

@@ -81,6 +81,24 @@ def test_second_repro_is_a_no_op(project: Path, first_metrics: dict) -> None:
     assert ran_stages(result.stdout) == [] and "up to date" in result.stdout
 
 
+def test_a_clone_that_pulls_from_the_dvc_remote_has_nothing_to_reproduce(
+    project: Path, first_metrics: dict, tmp_path: Path
+) -> None:
+    """Push every output to a remote in a temporary folder; a clone pulls them, and `dvc repro` there is a no-op."""
+    remote = tmp_path / "remote"
+    sh(project, "dvc", "remote", "add", "--force", "--default", "shared", str(remote))
+    sh(project, "git", "add", "dvc.lock", ".dvc/config")
+    sh(project, "git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "pipeline outputs")
+    sh(project, "dvc", "push")
+    clone = tmp_path / "clone"
+    sh(project, "git", "clone", "-q", str(project), str(clone))
+    sh(clone, "dvc", "pull")
+    assert json.loads((clone / "reports/evaluate/metrics.json").read_text()) == first_metrics
+    assert (clone / "models/onnx/model.onnx").read_bytes() == (project / "models/onnx/model.onnx").read_bytes()
+    result = sh(clone, "dvc", "repro")
+    assert ran_stages(result.stdout) == [] and "up to date" in result.stdout
+
+
 def test_prefect_flow_reports_every_stage_cached(project: Path, first_metrics: dict) -> None:
     result = sh(project, sys.executable, "-m", "flows.pipeline")
     lines = dict(
