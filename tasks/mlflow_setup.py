@@ -3,6 +3,8 @@
 ``MLFLOW_TRACKING_URI`` picks the tracking server (e.g. an MLflow server backed by
 Postgres and an object store for teams); without it runs and the model registry
 live in ``mlflow.db`` in the project folder, with artifacts in ``mlartifacts/``.
+A DVC experiment run in a temporary copy of the project (``dvc exp run --temp`` or
+``--queue``) registers into the project's store too, not into the throwaway copy.
 """
 
 from __future__ import annotations
@@ -17,9 +19,22 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 
 
+# Where DVC puts the copies of the project that temporary and queued experiments run in.
+DVC_EXPERIMENT_COPIES = (".dvc", "tmp", "exps")
+
+
+def store_folder(project_dir: Path = Path(".")) -> Path:
+    """The folder of the project's own store: ``project_dir``, or the project a DVC experiment copy belongs to."""
+    parts = project_dir.resolve().parts
+    for i in range(len(parts) - len(DVC_EXPERIMENT_COPIES) + 1):
+        if parts[i : i + len(DVC_EXPERIMENT_COPIES)] == DVC_EXPERIMENT_COPIES:
+            return Path(*parts[:i])
+    return project_dir.resolve()
+
+
 def project_db_uri(project_dir: Path = Path(".")) -> str:
     """The project's own SQLite store, used when ``MLFLOW_TRACKING_URI`` names none."""
-    return f"sqlite:///{(project_dir / DEFAULT_DB).resolve()}"
+    return f"sqlite:///{store_folder(project_dir) / DEFAULT_DB}"
 
 
 def tracking_uri(project_dir: Path = Path(".")) -> str:
@@ -45,5 +60,5 @@ def ensure_experiment(name: str, project_dir: Path = Path(".")) -> str:
     # connect) sets MLFLOW_TRACKING_URI itself, which would send the artifacts of the
     # project's own store to ./mlruns in whatever folder the process runs in.
     if tracking_uri(project_dir) == project_db_uri(project_dir):
-        artifact_location = (project_dir / DEFAULT_ARTIFACTS).resolve().as_uri()
+        artifact_location = (store_folder(project_dir) / DEFAULT_ARTIFACTS).as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)

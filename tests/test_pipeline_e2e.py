@@ -243,6 +243,20 @@ def test_bad_input_gets_one_line_errors(project: Path, first_metrics: dict, tmp_
     assert "Traceback" not in result.stderr and not (tmp_path / "cur").exists()
 
 
+def test_a_temporary_dvc_experiment_registers_into_the_projects_store(project: Path, first_metrics: dict) -> None:
+    """`dvc exp run --temp` runs a copy under .dvc/tmp/exps; its model version lands in the project's mlflow.db."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    before = {v.version for v in client.search_model_versions("name = 'ssl-embedder'")}
+    result = sh(project, "dvc", "exp", "run", "--temp", "-S", "pretrain.epochs=2")
+    assert ran_stages(result.stdout) == ["pretrain", "evaluate", "export", "register"], result.stdout[-2000:]
+    (new,) = [v for v in client.search_model_versions("name = 'ssl-embedder'") if v.version not in before]
+    assert client.get_run(new.run_id).data.params["training.epochs"] == "2"
+    assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # no throwaway store in the experiment's copy
+
+
 def test_cli_run_reproduces_the_dvc_metrics(first_metrics: dict, tiny_cifar_archive: Path, tmp_path: Path) -> None:
     other = make_project(tmp_path / "again", tiny_cifar_archive)
     result = sh(other, "sslpipe", "run")
