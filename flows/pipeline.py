@@ -9,6 +9,14 @@ stage. DVC reruns it only if its deps, params or outs changed (the same check as
 So the flow and ``dvc repro`` never drift apart and never recompute each other's
 work. Prefect adds scheduling, retries, observability and work pools on top.
 
+Stages that reach something that can fail and then work again (a data source, the
+model registry, a download: ``Stage.may_fail_transiently``) are retried with
+exponential backoff; a user's mistake (``sslpipe`` exits with
+``USER_ERROR_EXIT_STATUS``: bad params, missing input) fails at once with its
+message. Each run publishes a Markdown artifact (``ssl-pipeline-summary``): what ran
+and what was cached, the evaluation, curation counts and the registry's decision,
+with links to the MLflow run and model version when the tracking server is HTTP.
+
 By default Prefect runs against a temporary local API server (no Prefect server
 to install) with its state in ``.prefect/`` in the project; set
 ``PREFECT_API_URL`` to use a real Prefect server or Prefect Cloud instead.
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,9 +40,38 @@ os.environ.setdefault("PREFECT_HOME", str(PROJECT_DIR / ".prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
 from prefect.states import Completed, State  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
 
-from tasks.stages import STAGE_NAMES  # noqa: E402
+from flows.summary import mlflow_links, run_summary  # noqa: E402
+from tasks.errors import USER_ERROR_EXIT_STATUS  # noqa: E402
+from tasks.stages import STAGE_NAMES, stage  # noqa: E402
+
+SUMMARY_ARTIFACT = "ssl-pipeline-summary"
+# A stage that may fail transiently is tried 1 + TRANSIENT_RETRIES times, waiting 10, 20, 40 s in between
+# (the flow's retry_backoff_seconds doubles after each try).
+TRANSIENT_RETRIES = 3
+RETRY_BACKOFF_SECONDS = 10.0
+
+
+def is_user_error(error: BaseException | None) -> bool:
+    """Whether a stage failed because ``sslpipe`` reported a user's mistake (its exit status says so).
+
+    DVC raises its own error with the failed command's as the cause:
+    ``failed to run: sslpipe ..., exited with 2``.
+    """
+    while error is not None:
+        exited = re.search(r"exited with (-?\d+)$", str(error))
+        if exited and int(exited.group(1)) == USER_ERROR_EXIT_STATUS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def may_pass_on_retry(task, task_run, state: State) -> bool:
+    """Prefect's retry condition: retry unless the failure is a user's mistake."""
+    return not is_user_error(state.result(raise_on_failure=False))
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -56,29 +94,60 @@ def reproduce_stage(stage: str, project_dir: str) -> State:
 
 
 @flow(name="ssl-pipeline", log_prints=True)
-def ssl_pipeline(stages: list[str] | None = None, project_dir: str = str(PROJECT_DIR)) -> dict[str, str]:
-    """Reproduces ``stages`` (default: all) in pipeline order; returns each stage's state name."""
+def ssl_pipeline(
+    stages: list[str] | None = None,
+    project_dir: str = str(PROJECT_DIR),
+    retry_backoff_seconds: float = RETRY_BACKOFF_SECONDS,
+) -> dict[str, str]:
+    """Reproduces ``stages`` (default: all) in pipeline order; returns each stage's state name.
+
+    Args:
+        retry_backoff_seconds: the first wait before retrying a stage that may fail transiently.
+    """
     selected = [s for s in STAGE_NAMES if stages is None or s in stages]
     unknown = set(stages or []) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"Unknown stages {sorted(unknown)}; choose from {STAGE_NAMES}.")
     states = {}
-    for stage in selected:
-        state = reproduce_stage(stage, project_dir, return_state=True)
+    for name in selected:
+        run_stage = reproduce_stage
+        if stage(name).may_fail_transiently:
+            run_stage = reproduce_stage.with_options(
+                retries=TRANSIENT_RETRIES,
+                retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_seconds),
+                retry_condition_fn=may_pass_on_retry,
+            )
+        state = run_stage(name, project_dir, return_state=True)
         if state.is_failed():
-            raise RuntimeError(f"Stage {stage} failed: {state.message}")
-        states[stage] = state.name
+            raise RuntimeError(f"Stage {name} failed: {state.message}")
+        states[name] = state.name
+    publish_summary(states, Path(project_dir))
     return states
+
+
+def publish_summary(states: dict[str, str], project_dir: Path) -> None:
+    """The run's Markdown summary and, for an HTTP tracking server, links to the MLflow run and version."""
+    create_markdown_artifact(
+        run_summary(states, project_dir), key=SUMMARY_ARTIFACT, description="What this pipeline run did"
+    )
+    for key, link in mlflow_links(project_dir).items():
+        create_link_artifact(link, link_text=key, key=key)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the SSL pipeline as a Prefect flow over the DVC stages.")
     parser.add_argument("--stages", nargs="+", choices=STAGE_NAMES, help="subset of stages (default: all, in order)")
     parser.add_argument("--project-dir", default=str(PROJECT_DIR), help="the DVC project (default: this repository)")
+    parser.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=RETRY_BACKOFF_SECONDS,
+        help="seconds before the first retry of a stage that may fail transiently; doubles after each",
+    )
     args = parser.parse_args(argv)
-    states = ssl_pipeline(stages=args.stages, project_dir=args.project_dir)
-    for stage, name in states.items():
-        print(f"{stage:10s} {name}")
+    states = ssl_pipeline(stages=args.stages, project_dir=args.project_dir, retry_backoff_seconds=args.retry_backoff)
+    for name, state in states.items():
+        print(f"{name:10s} {state}")
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from tasks import layout
-from tasks.errors import UserError
+from tasks.errors import USER_ERROR_EXIT_STATUS, UserError
 from tasks.params import Params, ParamsError, load_params
 from tasks.stages import STAGES, Stage, producer_of
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         # Expected failures get one line that says what to do, not a traceback.
         print(f"sslpipe {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT_STATUS
     return 0
 
 

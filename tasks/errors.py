@@ -11,3 +11,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A failure the user can fix: the message says what was wrong and what to do."""
+
+
+# The exit status of ``sslpipe`` after a UserError: the Prefect flow tells a user's
+# mistake (never retried) from a failure that may pass (retried) by it.
+USER_ERROR_EXIT_STATUS = 2

@@ -129,6 +129,7 @@ def run(
     summary = {
         "tracking_uri": mlflow.get_tracking_uri(),
         "experiment": register.experiment,
+        "experiment_id": experiment_id,
         "run_id": run_id,
         "model_name": name,
         "version": version,

@@ -58,6 +58,9 @@ class Stage:
     help: str
     inputs: tuple[PathOption, ...] = ()
     outputs: tuple[PathOption, ...] = ()
+    # Whether it reaches something that can fail and then work again (a data source, the
+    # model registry, a download): the Prefect flow retries it with backoff.
+    may_fail_transiently: bool = False
 
     @property
     def options(self) -> tuple[PathOption, ...]:
@@ -79,6 +82,7 @@ STAGES: tuple[Stage, ...] = (
         "tasks.ingest",
         "decode and catalogue the images of ingest.source",
         outputs=(PathOption("out", layout.INGESTED, "output folder: images/, manifest.csv, ingest_report.json"),),
+        may_fail_transiently=True,  # the source may be a network mount, or torchvision's download
     ),
     Stage(
         "curate",
@@ -88,6 +92,7 @@ STAGES: tuple[Stage, ...] = (
         outputs=(
             PathOption("out", layout.CURATED, "curated dataset: images/, manifest.csv, report.json, report.html"),
         ),
+        may_fail_transiently=True,  # curate.embedder may be a registry model
     ),
     Stage(
         "teacher",
@@ -100,6 +105,7 @@ STAGES: tuple[Stage, ...] = (
                 "checkpoints", layout.TEACHER_CHECKPOINTS, "epoch checkpoints, kept for resume", versioned=False
             ),
         ),
+        may_fail_transiently=True,  # teacher.source may be a registry model or a torch.hub download
     ),
     Stage(
         "pretrain",
@@ -139,6 +145,7 @@ STAGES: tuple[Stage, ...] = (
             PathOption("onnx", layout.ONNX_DIR, "ONNX folder", requires=layout.ONNX_FILE),
         ),
         outputs=(PathOption("out", layout.REGISTRATION, "registration summary"),),
+        may_fail_transiently=True,  # the MLflow tracking server
     ),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

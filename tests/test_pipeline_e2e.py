@@ -12,6 +12,7 @@ by registry alias; the champion reused as a distillation teacher; and the CLI's
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -105,6 +106,47 @@ def test_prefect_flow_reports_every_stage_cached(project: Path, first_metrics: d
         line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGE_NAMES
     )
     assert lines == {stage: "Cached" for stage in STAGE_NAMES}
+    # The run's Markdown artifact, read back from Prefect's database.
+    inspected = sh(project, "prefect", "artifact", "inspect", "ssl-pipeline-summary", "--limit", "1", "-o", "json")
+    artifact = json.loads(inspected.stdout)[0]["data"]
+    assert "| register | Cached |" in artifact and "kNN top-1 (k=200" in artifact
+    assert f"{first_metrics['student']['top1']:.4f}" in artifact and "## Curation" in artifact
+
+
+def test_the_flow_retries_a_registry_outage_but_not_a_users_mistake(project: Path, first_metrics: dict) -> None:
+    """A tracking server that does not answer: register retried with backoff. A missing source: failed at once."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["register"]["champion_margin"] = 0.5  # makes register stale, so the flow runs it
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    flow = [sys.executable, "-m", "flows.pipeline", "--project-dir", str(project), "--retry-backoff", "0.5"]
+    try:
+        outage = sh(
+            project,
+            "env",
+            "MLFLOW_TRACKING_URI=http://127.0.0.1:9",  # the discard port: nothing listens
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES=0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT=5",
+            *flow,
+            "--stages",
+            "register",
+            check=False,
+        )
+        assert outage.returncode != 0
+        log = outage.stdout + outage.stderr
+        assert [f"Retry {n}/3 will start" in log for n in (1, 2, 3)] == [True] * 3 and "Retries are exhausted" in log
+        # An empty source folder: `sslpipe ingest` refuses it, a user's mistake that no retry fixes.
+        (project / "data/empty").mkdir()
+        params["ingest"]["source"] = "data/empty"
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        mistake = sh(project, *flow, "--stages", "ingest", check=False)
+        log = mistake.stdout + mistake.stderr
+        assert mistake.returncode != 0 and "sslpipe ingest: error: ingest.source folder data/empty is empty" in log
+        assert "will start" not in log
+    finally:
+        params_file.write_text(original)
+        shutil.rmtree(project / "data/empty", ignore_errors=True)
 
 
 def test_one_param_change_reruns_only_downstream_stages(project: Path, first_metrics: dict) -> None:
