@@ -17,6 +17,11 @@ message. Each run publishes a Markdown artifact (``ssl-pipeline-summary``): what
 and what was cached, the evaluation, curation counts and the registry's decision,
 with links to the MLflow run and model version when the tracking server is HTTP.
 
+At most one run per project at a time: two would fight over DVC's lock and the
+same outputs. A run holds the project's Prefect global concurrency limit (one slot,
+created on first use); a second run waits for it up to ``--wait-for-other-run``
+seconds, then is refused with a message that names the limit.
+
 By default Prefect runs against a temporary local API server (no Prefect server
 to install) with its state in ``.prefect/`` in the project; set
 ``PREFECT_API_URL`` to use a real Prefect server or Prefect Cloud instead.
@@ -25,9 +30,12 @@ to install) with its state in ``.prefect/`` in the project; set
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -41,6 +49,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_link_artifact, create_markdown_artifact  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.concurrency.sync import concurrency  # noqa: E402
 from prefect.states import Completed, State  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
@@ -53,6 +63,42 @@ SUMMARY_ARTIFACT = "ssl-pipeline-summary"
 # (the flow's retry_backoff_seconds doubles after each try).
 TRANSIENT_RETRIES = 3
 RETRY_BACKOFF_SECONDS = 10.0
+# How long a run waits for another run of the same project to finish before it is refused.
+WAIT_FOR_OTHER_RUN_SECONDS = 3600.0
+
+
+class PipelineBusyError(RuntimeError):
+    """Another run of the same project's pipeline held its slot for longer than this run would wait."""
+
+
+def pipeline_limit_name(project_dir: str | Path) -> str:
+    """The project's concurrency limit: its folder name and a hash of its absolute path (two clones differ)."""
+    resolved = Path(project_dir).resolve()
+    return f"ssl-pipeline-{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+
+
+@contextmanager
+def one_run_per_project(project_dir: str | Path, wait_seconds: float) -> Iterator[None]:
+    """Holds the project's single pipeline slot (Prefect global concurrency limit) while the body runs.
+
+    Raises:
+        PipelineBusyError: if another run holds it for more than ``wait_seconds``.
+    """
+    name = pipeline_limit_name(project_dir)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    slot = concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True)
+    try:
+        slot.__enter__()
+    except TimeoutError:
+        raise PipelineBusyError(
+            f"Another pipeline run of {Path(project_dir).resolve()} held the concurrency limit {name!r} for more "
+            f"than {wait_seconds:g} s; this run was refused. See it with `prefect gcl inspect {name}`."
+        ) from None
+    try:
+        yield
+    finally:
+        slot.__exit__(None, None, None)
 
 
 def is_user_error(error: BaseException | None) -> bool:
@@ -84,8 +130,15 @@ def reproduce_stage(stage: str, project_dir: str) -> State:
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    with Repo(project_dir) as repo:
-        reproduced = repo.reproduce(stage, single_item=True)
+    # DVC resolves some stage paths against the working directory, not the repo root: a
+    # flow started elsewhere (a scheduled deployment, `--project-dir`) runs from the project.
+    started_in = os.getcwd()
+    os.chdir(project_dir)
+    try:
+        with Repo(project_dir) as repo:
+            reproduced = repo.reproduce(stage, single_item=True)
+    finally:
+        os.chdir(started_in)
     if not reproduced:
         logger.info("%s: unchanged, DVC has its outputs", stage)
         return Completed(name="Cached", message=f"{stage}: DVC cache hit", data=stage)
@@ -98,29 +151,32 @@ def ssl_pipeline(
     stages: list[str] | None = None,
     project_dir: str = str(PROJECT_DIR),
     retry_backoff_seconds: float = RETRY_BACKOFF_SECONDS,
+    wait_for_other_run_seconds: float = WAIT_FOR_OTHER_RUN_SECONDS,
 ) -> dict[str, str]:
     """Reproduces ``stages`` (default: all) in pipeline order; returns each stage's state name.
 
     Args:
         retry_backoff_seconds: the first wait before retrying a stage that may fail transiently.
+        wait_for_other_run_seconds: how long to wait while another run of this project holds its slot.
     """
     selected = [s for s in STAGE_NAMES if stages is None or s in stages]
     unknown = set(stages or []) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"Unknown stages {sorted(unknown)}; choose from {STAGE_NAMES}.")
     states = {}
-    for name in selected:
-        run_stage = reproduce_stage
-        if stage(name).may_fail_transiently:
-            run_stage = reproduce_stage.with_options(
-                retries=TRANSIENT_RETRIES,
-                retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_seconds),
-                retry_condition_fn=may_pass_on_retry,
-            )
-        state = run_stage(name, project_dir, return_state=True)
-        if state.is_failed():
-            raise RuntimeError(f"Stage {name} failed: {state.message}")
-        states[name] = state.name
+    with one_run_per_project(project_dir, wait_for_other_run_seconds):
+        for name in selected:
+            run_stage = reproduce_stage
+            if stage(name).may_fail_transiently:
+                run_stage = reproduce_stage.with_options(
+                    retries=TRANSIENT_RETRIES,
+                    retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_seconds),
+                    retry_condition_fn=may_pass_on_retry,
+                )
+            state = run_stage(name, project_dir, return_state=True)
+            if state.is_failed():
+                raise RuntimeError(f"Stage {name} failed: {state.message}")
+            states[name] = state.name
     publish_summary(states, Path(project_dir))
     return states
 
@@ -144,8 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         default=RETRY_BACKOFF_SECONDS,
         help="seconds before the first retry of a stage that may fail transiently; doubles after each",
     )
+    parser.add_argument(
+        "--wait-for-other-run",
+        type=float,
+        default=WAIT_FOR_OTHER_RUN_SECONDS,
+        help="seconds to wait while another run of this project is in progress before giving up",
+    )
     args = parser.parse_args(argv)
-    states = ssl_pipeline(stages=args.stages, project_dir=args.project_dir, retry_backoff_seconds=args.retry_backoff)
+    states = ssl_pipeline(
+        stages=args.stages,
+        project_dir=args.project_dir,
+        retry_backoff_seconds=args.retry_backoff,
+        wait_for_other_run_seconds=args.wait_for_other_run,
+    )
     for name, state in states.items():
         print(f"{name:10s} {state}")
     return 0

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,7 @@ from scripts.dvc_deps import stage_files
 from ssl_core.manifest import read_manifest
 from tasks.stages import STAGE_NAMES, STAGES
 from tests.datasets import REPO_ROOT
-from tests.project import make_project, ran_stages, sh
+from tests.project import environment, make_project, ran_stages, sh
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +151,77 @@ def test_the_flow_retries_a_registry_outage_but_not_a_users_mistake(project: Pat
     finally:
         params_file.write_text(original)
         shutil.rmtree(project / "data/empty", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `prefect server start` on a free port, its database in a temporary folder; yields its API URL."""
+    import httpx
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**environment(home), "PREFECT_HOME": str(home)}
+    server = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, "prefect server start exited"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not answer within 180 s"
+            time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_a_second_run_of_the_project_waits_then_is_refused(
+    project: Path, first_metrics: dict, prefect_server: str, tmp_path: Path
+) -> None:
+    """Against a real Prefect server: while one run holds the project's slot, another is refused; then it runs."""
+    release = tmp_path / "release"
+    holder = subprocess.Popen(
+        [
+            "env",
+            f"PREFECT_API_URL={prefect_server}",
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from flows.pipeline import one_run_per_project\n"
+            f"with one_run_per_project({str(project)!r}, 60):\n"
+            "    print('holding', flush=True)\n"
+            f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.2)\n",
+        ],
+        cwd=project,
+        env=environment(project),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    flow = ["env", f"PREFECT_API_URL={prefect_server}", sys.executable, "-m", "flows.pipeline"]
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        refused = sh(project, *flow, "--wait-for-other-run", "3", check=False)
+        assert refused.returncode != 0
+        assert "PipelineBusyError: Another pipeline run of" in refused.stderr + refused.stdout
+        assert "for more than 3 s; this run was refused" in refused.stderr + refused.stdout
+    finally:
+        release.touch()
+        holder.wait(timeout=60)
+    result = sh(project, *flow)  # the slot is free again: the run goes through every stage
+    table = [line.split()[0] for line in result.stdout.splitlines() if line[:1].isalpha() and " " in line]
+    assert [name for name in table if name in STAGE_NAMES] == list(STAGE_NAMES)
 
 
 def test_one_param_change_reruns_only_downstream_stages(project: Path, first_metrics: dict) -> None:

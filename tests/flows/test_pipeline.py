@@ -7,6 +7,7 @@ server; tests/test_pipeline_e2e.py runs the real flow over DVC and reads its art
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,6 +45,8 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> StandIn:
     monkeypatch.setattr(pipeline, "reproduce_stage", fake)
     published: list[dict] = []
     monkeypatch.setattr(pipeline, "publish_summary", lambda states, project_dir: published.append(states))
+    # The one-run-per-project slot needs a Prefect API; tests/test_pipeline_e2e.py holds a real one.
+    monkeypatch.setattr(pipeline, "one_run_per_project", lambda project_dir, wait_seconds: contextlib.nullcontext())
     fake.published = published
     return fake
 
@@ -136,3 +139,11 @@ def test_the_summary_names_each_stage_and_reads_the_outputs(tmp_path: Path) -> N
     (tmp_path / "reports/registration.json").write_text(json.dumps(registration))
     assert mlflow_links(tmp_path) == {}
     assert "mlflow ui --backend-store-uri sqlite:////project/mlflow.db" in run_summary({}, tmp_path)
+
+
+def test_each_project_has_its_own_limit(tmp_path: Path) -> None:
+    (tmp_path / "a" / "proj").mkdir(parents=True)
+    (tmp_path / "b" / "proj").mkdir(parents=True)
+    first, second = (pipeline.pipeline_limit_name(tmp_path / x / "proj") for x in ("a", "b"))
+    assert first.startswith("ssl-pipeline-proj-") and second.startswith("ssl-pipeline-proj-") and first != second
+    assert pipeline.pipeline_limit_name(tmp_path / "a" / "proj") == first
