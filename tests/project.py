@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -66,3 +68,25 @@ def sh(project: Path, *command: str, check: bool = True) -> subprocess.Completed
 
 def ran_stages(output: str) -> list[str]:
     return [s for s in STAGE_NAMES if f"Running stage '{s}'" in output]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(server: subprocess.Popen, health_url: str, seconds: float) -> None:
+    """Polls ``health_url`` until it answers 200; fails if ``server`` exits or ``seconds`` pass."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None, f"{server.args[0]} exited with {server.returncode}"
+        try:
+            if httpx.get(health_url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{health_url} did not answer within {seconds:g} s"
+        time.sleep(0.5)

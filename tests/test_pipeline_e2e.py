@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from scripts.dvc_deps import stage_files
 from ssl_core.manifest import read_manifest
 from tasks.stages import STAGE_NAMES, STAGES
 from tests.datasets import REPO_ROOT
-from tests.project import environment, make_project, ran_stages, sh
+from tests.project import environment, free_port, make_project, ran_stages, sh, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -156,31 +154,17 @@ def test_the_flow_retries_a_registry_outage_but_not_a_users_mistake(project: Pat
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `prefect server start` on a free port, its database in a temporary folder; yields its API URL."""
-    import httpx
-
     home = tmp_path_factory.mktemp("prefect-server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**environment(home), "PREFECT_HOME": str(home)}
+    port = free_port()
     server = subprocess.Popen(
         ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
+        env={**environment(home), "PREFECT_HOME": str(home)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, "prefect server start exited"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "prefect server did not answer within 180 s"
-            time.sleep(1)
+        wait_until_healthy(server, f"{url}/health", seconds=180)
         yield url
     finally:
         server.terminate()

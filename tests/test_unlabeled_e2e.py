@@ -9,10 +9,8 @@ process over HTTP, and its embeddings equal the exported ONNX file's.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import pytest
 import yaml
 
 from tasks.stages import STAGE_NAMES
-from tests.project import environment, make_project, ran_stages, sh
+from tests.project import environment, free_port, make_project, ran_stages, sh, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +31,6 @@ def flat_folder(archive: Path, destination: Path, count: int) -> Path:
         for i, member in enumerate(members):
             (destination / f"frame_{i:04d}.jpg").write_bytes(tar.extractfile(member).read())
     return destination
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +78,7 @@ def test_sslpipe_serve_serves_the_unlabeled_champion(unlabeled_project: Path) ->
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, f"sslpipe serve exited:\n{server.stdout.read()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "sslpipe serve did not answer /health within 120 s"
-            time.sleep(0.5)
+        wait_until_healthy(server, f"{url}/health", seconds=120)
         images = sorted((unlabeled_project / "data/frames").glob("*.jpg"))[:3]
         response = httpx.post(
             f"{url}/embed",
