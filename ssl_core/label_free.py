@@ -22,7 +22,7 @@ compare; RankMe is computed on the deterministic eval embeddings.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,18 +43,11 @@ class LabelFreeScores:
         rankme: effective rank of the eval embeddings (higher is better, at most the dimension).
         alignment: mean squared distance between two views of an image (lower is better, in [0, 4]).
         uniformity: log mean Gaussian potential over pairs of images (lower is better, in [-4, 0]).
-        num_images: images the RankMe embeddings came from.
-        num_pairs: images the two views came from.
     """
 
     rankme: float
     alignment: float
     uniformity: float
-    num_images: int
-    num_pairs: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
 
 
 def label_free_scores(embeddings: torch.Tensor, view_a: torch.Tensor, view_b: torch.Tensor) -> LabelFreeScores:
@@ -63,8 +56,6 @@ def label_free_scores(embeddings: torch.Tensor, view_a: torch.Tensor, view_b: to
         rankme=rankme(embeddings),
         alignment=alignment(view_a, view_b),
         uniformity=(uniformity(view_a) + uniformity(view_b)) / 2,
-        num_images=len(embeddings),
-        num_pairs=len(view_a),
     )
 
 
