@@ -173,6 +173,20 @@ class AugmentParams(_Section):
         return value
 
 
+class MonitorParams(_Section):
+    """What a training run reports live to MLflow while it runs (tasks/live_tracking.py)."""
+
+    # kNN top-1 after every epoch on a fixed sample of labeled images (ssl_core/knn_monitor.py):
+    # this many bank images from the train split and query images from the test split
+    # (the train split's other labeled images when the test split has none). 0 turns it off.
+    knn_bank: int = Field(default=1000, ge=0)
+    knn_queries: int = Field(default=500, ge=0)
+    # Loss and learning rate every this many optimizer steps (epoch means are always logged).
+    log_every_steps: int = Field(default=10, ge=1)
+    # CPU, memory and GPU use, sampled by MLflow every few seconds.
+    system_metrics: bool = True
+
+
 class _TrainingSettings(_Section):
     """A pretraining run: method, backbone and optimization (the method recipes are added below)."""
 
@@ -195,6 +209,7 @@ class _TrainingSettings(_Section):
     # Continue from the last epoch checkpoint of an interrupted run.
     resume: bool = True
     augment: AugmentParams = AugmentParams()
+    monitor: MonitorParams = MonitorParams()
 
     @field_validator("method")
     @classmethod

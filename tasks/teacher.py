@@ -41,13 +41,30 @@ class TeacherError(UserError):
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    run(params.teacher, params.pretrain.method, params.data, args.data, args.out, args.checkpoints)
+    run(
+        params.teacher,
+        params.pretrain.method,
+        params.data,
+        args.data,
+        args.out,
+        args.checkpoints,
+        experiment=params.registry.experiment,
+    )
 
 
 def run(
-    teacher: TeacherParams, student_method: str, data: DataParams, ingested: Path, out_dir: Path, checkpoint_dir: Path
+    teacher: TeacherParams,
+    student_method: str,
+    data: DataParams,
+    ingested: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    experiment: str | None = None,
 ) -> dict:
-    """Prepares the teacher of a ``student_method`` student in ``out_dir`` and returns its spec."""
+    """Prepares the teacher of a ``student_method`` student in ``out_dir`` and returns its spec.
+
+    ``experiment``: the MLflow experiment that tracks a teacher pretrained here (None: not tracked).
+    """
     source = teacher.source
     if source == "pretrain" and method_class(teacher.method).needs_teacher:
         raise ParamsError(
@@ -60,7 +77,7 @@ def run(
     if not method_class(student_method).needs_teacher:
         spec = {"kind": "none", "reason": f"pretrain.method {student_method!r} needs no teacher"}
     elif source == "pretrain":
-        pretrain.run(teacher, data, ingested, out_dir, checkpoint_dir, section="teacher")
+        pretrain.run(teacher, data, ingested, out_dir, checkpoint_dir, section="teacher", experiment=experiment)
         spec = {"kind": "file", "source": "pretrain", "method": teacher.method, "backbone": teacher.backbone}
     elif source.startswith(MODELS_PREFIX):
         download_checkpoint(source, out_dir / MODEL_FILE)

@@ -66,12 +66,19 @@ def test_dvc_repro_runs_the_whole_chain(project: Path, first_metrics: dict) -> N
     assert export["max_abs_difference"] <= export["tolerance"]
     registration = json.loads((project / "reports/registration.json").read_text())
     assert registration["version"] == "1" and registration["aliases"] == ["challenger", "champion"]
+    # One MLflow run from the first training step to the registered model.
+    training_run = json.loads((project / "models/student/mlflow_run.json").read_text())
+    assert registration["run_id"] == training_run["run_id"]
 
 
 def test_training_curves_are_dvc_data_plots(project: Path, first_metrics: dict) -> None:
     """`dvc plots show` draws each epoch of the teacher (1) and the student (1) from their history.json."""
     plots = json.loads(sh(project, "dvc", "plots", "show", "--json").stdout)["data"]
-    for plot_id, field in (("training loss", "loss"), ("embedding spread", "embedding_std")):
+    for plot_id, field in (
+        ("training loss", "loss"),
+        ("embedding spread", "embedding_std"),
+        ("kNN monitor", "knn_top1_monitor"),
+    ):
         points = plots[plot_id][0]["content"]["data"]["values"]
         assert sorted(p["filename"] for p in points) == ["student/history.json", "teacher/history.json"]
         history = json.loads((project / "models/student/history.json").read_text())["epochs"]
@@ -246,8 +253,8 @@ def test_editing_a_file_makes_exactly_the_stages_that_import_it_stale(project: P
     from dvc.repo import Repo
 
     imports = {s.name: {p.relative_to(REPO_ROOT).as_posix() for p in stage_files(s)} for s in STAGES}
-    assert "ssl_core/knn.py" in imports["evaluate"]
-    assert "ssl_core/knn.py" not in imports["teacher"] | imports["pretrain"]
+    assert "ssl_core/linear_probe.py" in imports["evaluate"]
+    assert "ssl_core/linear_probe.py" not in imports["teacher"] | imports["pretrain"]
     sh(project, "dvc", "repro")  # earlier tests may have changed params
     wrong = []
     with Repo(str(project)) as repo:
@@ -348,16 +355,24 @@ def test_bad_input_gets_one_line_errors(project: Path, first_metrics: dict, tmp_
 
 
 def test_a_temporary_dvc_experiment_registers_into_the_projects_store(project: Path, first_metrics: dict) -> None:
-    """`dvc exp run --temp` runs a copy under .dvc/tmp/exps; its model version lands in the project's mlflow.db."""
+    """`dvc exp run --temp` runs a copy under .dvc/tmp/exps; its model version lands in the project's mlflow.db.
+
+    Only register's params change, so the copy reuses the cached training: its registration is a new
+    MLflow run nested under the training's run (the same student was registered before).
+    """
     from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     before = {v.version for v in client.search_model_versions("name = 'ssl-embedder'")}
-    result = sh(project, "dvc", "exp", "run", "--temp", "-S", "pretrain.epochs=2")
-    assert ran_stages(result.stdout) == ["pretrain", "evaluate", "export", "register"], result.stdout[-2000:]
+    result = sh(project, "dvc", "exp", "run", "--temp", "-S", "register.champion_margin=0.5")
+    assert ran_stages(result.stdout) == ["register"], result.stdout[-2000:]
     (new,) = [v for v in client.search_model_versions("name = 'ssl-embedder'") if v.version not in before]
-    assert client.get_run(new.run_id).data.params["training.epochs"] == "2"
+    run = client.get_run(new.run_id)
+    assert run.data.params["register.champion_margin"] == "0.5"
+    training_run = json.loads((project / "models/student/mlflow_run.json").read_text())["run_id"]
+    assert run.data.tags[MLFLOW_PARENT_RUN_ID] == training_run
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # no throwaway store in the experiment's copy
 
 

@@ -36,8 +36,10 @@ def test_evaluation_code_is_a_dep_of_evaluate_only() -> None:
         assert depends_on(evaluate, path)
     for training in ("teacher", "pretrain"):
         deps = code_deps(stage(training))
-        assert not depends_on(deps, "ssl_core/knn.py") and not depends_on(deps, "tasks/evaluate/stage.py")
-        assert not depends_on(deps, "ssl_core/label_free.py") and not depends_on(deps, "tasks/promotion.py")
+        assert not depends_on(deps, "ssl_core/linear_probe.py") and not depends_on(deps, "tasks/evaluate/stage.py")
+        assert not depends_on(deps, "tasks/promotion.py")
+        # The per-epoch kNN monitor is part of training's output (history.json): its classifier is a dep.
+        assert depends_on(deps, "ssl_core/knn_monitor.py") and depends_on(deps, "ssl_core/knn.py")
         assert depends_on(deps, "ssl_core/engine.py") and depends_on(deps, "ssl_core/methods/dino.py")
     assert not depends_on(evaluate, "ssl_core/engine.py")  # training code does not make the metrics stale
     assert not depends_on(evaluate, "ssl_core/methods/dino.py")  # only the recipes, which the schema reads
@@ -65,7 +67,9 @@ def test_ingest_runs_no_training_code() -> None:
 
 def test_params_are_the_keys_main_reads() -> None:
     assert params_read(stage("evaluate")).keys == ["data.test_split", "data.train_split", "evaluate"]
-    assert params_read(stage("teacher")).keys == ["data", "pretrain.method", "teacher"]
+    # The training stages open their MLflow run in register's experiment, and only that key of it.
+    assert params_read(stage("teacher")).keys == ["data", "pretrain.method", "register.experiment", "teacher"]
+    assert params_read(stage("pretrain")).keys == ["data", "pretrain", "register.experiment"]
     assert params_read(stage("register")).keys == ["register"]  # the YAML key, not the field name `registry`
     assert all(not params_read(s).problems for s in STAGES)
 
