@@ -1,9 +1,11 @@
 """Stage 6, register: log the run to MLflow and register the ONNX embedder.
 
-One MLflow run per registration holds the configuration the student was trained
-with (its ``config.json``, written by the pretrain stage: what produced the model,
-not what params.yaml says now), the evaluation's metrics (label-free ones always;
-kNN and linear probe where there were labels), the per-epoch training curve, the
+The run is the one the pretrain stage opened and tracked live (:func:`open_run`,
+:mod:`tasks.live_tracking`): one run per pipeline execution. It holds the
+configuration the student was trained with (its ``config.json``, written by the
+pretrain stage: what produced the model, not what params.yaml says now), the
+evaluation's metrics (label-free ones always; kNN and linear probe where there
+were labels), the per-epoch training curve, the
 PyTorch checkpoint (``checkpoint/model.pt``, so the model can later serve as a
 distillation teacher) and the ONNX model logged with the ONNX flavor and a
 signature. The registered version is that ONNX model: it is what serving deploys.
@@ -16,7 +18,9 @@ its gate metric (``register.metric``: kNN top-1 with labels, RankMe without; see
 :mod:`tasks.promotion`) beats the current champion's value of the same metric by
 ``register.champion_margin``.
 Version tags: git commit, dataset manifest hash, hash of the logged params, each gate
-metric the evaluation produced, and ``gate_metric`` / ``gate_value``: what decided.
+metric the evaluation produced, ``gate_metric`` / ``gate_value``: what decided, and
+``promotion_peers`` / ``promotion_settled``, which make registrations running at the
+same time agree on the champion (:mod:`tasks.promotion`).
 Lineage: the manifest is the run's input dataset (MLflow dataset tracking: digest and
 source), the ONNX model carries an input example, and the version's description says
 how the model was trained and scored and what the gate decided.
@@ -39,18 +43,38 @@ import mlflow.onnx
 import numpy as np
 import onnx
 import pandas as pd
+from mlflow import MlflowClient
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
 from ssl_core.onnx_format import INPUT_NAME, OUTPUT_NAME, onnx_session, read_onnx_metadata
 from tasks.errors import UserError
 from tasks.layout import CURATION_PAGE, CURATION_REPORT, INGEST_REPORT, METRICS_FILE, ONNX_FILE
-from tasks.mlflow_setup import connect, ensure_experiment
+from tasks.live_tracking import REGISTERED_TAG, RunReference, flatten
+from tasks.mlflow_setup import connect, ensure_experiment, tracking_uri
 from tasks.model_uris import CHECKPOINT_ARTIFACT
 from tasks.params import Params, RegisterParams
-from tasks.promotion import GATE_TAG, GateMetric, GateMetricMissingError, choose_gate_metric, decide, metric_tags
+from tasks.promotion import (
+    GATE_TAG,
+    PEERS_TAG,
+    PROMOTION_ROUNDS,
+    SETTLED_TAG,
+    Decision,
+    GateMetric,
+    GateMetricMissingError,
+    RegisteredVersion,
+    champion_target,
+    choose_gate_metric,
+    decide,
+    metric_tags,
+    outcome,
+    peers_in_progress,
+    registered_together,
+    tag_value,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +123,18 @@ def run(
     curation = json.loads(curation_report.read_text()) if curation_report.is_file() else None
     name = register.model_name
     training = trained_with["training"]
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{training['method']}-{training['backbone']}") as run:
+    run_name = f"{training['method']}-{training['backbone']}"
+    run, continued = open_run(client, student_dir, experiment_id, run_name, project_dir)
+    with run:
         mlflow.set_tags(tags)
         log_dataset(ingested)
         mlflow.log_params(logged_params)
         mlflow.log_metrics(flat_metrics(metrics))
-        for epoch in history["epochs"]:
-            mlflow.log_metrics(
-                {"train_loss": epoch["loss"], "embedding_std": epoch["embedding_std"]}, step=epoch["epoch"]
-            )
+        if not continued:  # the training's live run has its curves already
+            for epoch in history["epochs"]:
+                mlflow.log_metrics(
+                    {"train_loss": epoch["loss"], "embedding_std": epoch["embedding_std"]}, step=epoch["epoch"]
+                )
         mlflow.log_artifacts(str(student_dir), CHECKPOINT_ARTIFACT)
         mlflow.log_artifacts(str(evaluation_dir), "evaluation")
         if (ingested / INGEST_REPORT).is_file():
@@ -121,6 +148,7 @@ def run(
         run_id = run.info.run_id
 
     version = str(model_info.registered_model_version)
+    client.set_tag(run_id, REGISTERED_TAG, version)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -144,6 +172,36 @@ def run(
     out_path.write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("Registered %s version %s (%s).", name, version, reason)
     return summary
+
+
+def open_run(
+    client: MlflowClient, student_dir: Path, experiment_id: str, run_name: str, project_dir: Path
+) -> tuple[mlflow.ActiveRun, bool]:
+    """The MLflow run this registration logs into, and whether it continues the training's live run.
+
+    The pretrain stage's run (``mlflow_run.json``, :mod:`tasks.live_tracking`) is
+    continued when it is in this tracking store and experiment and has no
+    registered version yet: one run per pipeline execution. A student registered
+    before (register's params changed, the training was cached) gets a new run
+    nested under its training run; a student trained elsewhere or untracked gets
+    a run of its own.
+    """
+    reference = RunReference.read(student_dir)
+    training_run = None
+    if reference is not None and (reference.tracking_uri, reference.experiment_id) == (
+        tracking_uri(project_dir),
+        experiment_id,
+    ):
+        try:
+            training_run = client.get_run(reference.run_id)
+        except MlflowException:
+            logger.info("The training's MLflow run %s is gone: registering in a new run.", reference.run_id)
+    if training_run is None or training_run.info.lifecycle_stage != "active":
+        return mlflow.start_run(experiment_id=experiment_id, run_name=run_name), False
+    if REGISTERED_TAG not in training_run.data.tags:
+        return mlflow.start_run(run_id=reference.run_id), True
+    nested = {MLFLOW_PARENT_RUN_ID: reference.run_id}
+    return mlflow.start_run(experiment_id=experiment_id, run_name=f"{run_name} (registered again)", tags=nested), False
 
 
 def log_onnx(path: Path, registered_name: str):
@@ -171,17 +229,50 @@ def log_onnx(path: Path, registered_name: str):
 
 
 def maybe_promote(client, name: str, version: str, gate: GateMetric, value: float, margin: float) -> tuple[bool, str]:
-    """Moves ``champion`` to ``version`` if its ``gate`` metric beats the champion's by ``margin``."""
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
-    decision = decide(
-        gate, value, None if champion is None else champion.version, {} if champion is None else champion.tags, margin
-    )
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    return decision.promote, decision.reason
+    """Moves ``champion`` to ``version`` if its ``gate`` metric beats the champion's by ``margin``.
+
+    Safe when registrations run at the same time: the alias is settled by the rule
+    in :mod:`tasks.promotion` ("Registrations at the same time"), which ends on the
+    best of them whatever the order of their writes. Returns whether ``version``
+    ends champion, and why.
+    """
+
+    def champion_now() -> RegisteredVersion | None:
+        try:
+            return RegisteredVersion.of(client.get_model_version_by_alias(name, CHAMPION))
+        except MlflowException:
+            return None
+
+    def versions_now() -> dict[str, RegisteredVersion]:
+        found = client.search_model_versions(f"name = '{name}'")
+        return {str(v.version): RegisteredVersion.of(v) for v in found}
+
+    # What others judge it on, tagged before anything is read (register tags these already).
+    client.set_model_version_tag(name, version, gate.name, tag_value(value))
+    client.set_model_version_tag(name, version, GATE_TAG, gate.name)
+    versions = versions_now()
+    client.set_model_version_tag(name, version, PEERS_TAG, peers_in_progress(versions.values(), versions[version]))
+    decision, held = None, False
+    for _ in range(PROMOTION_ROUNDS):
+        # The champion first, then the versions: every version written champion was tagged before.
+        champion = champion_now()
+        current = None if champion is None else champion.version
+        if decision is None and current == version:  # a registration at the same time was quicker
+            decision = Decision(True, "already champion: promoted by a registration at the same time, as the best")
+        elif decision is None:
+            decision = decide(gate, value, current, {} if champion is None else champion.tags, margin)
+        held |= current == version
+        target = champion_target(gate, margin, champion, registered_together(versions_now().values(), version))
+        if target == current:
+            break
+        client.set_registered_model_alias(name, CHAMPION, target)
+        held |= target == version
+    else:
+        champion = champion_now()
+        left = "none" if champion is None else f"v{champion.version}"
+        logger.warning("The champion of %s still moved after %d rounds: left at %s.", name, PROMOTION_ROUNDS, left)
+    client.set_model_version_tag(name, version, SETTLED_TAG, "true")
+    return outcome(gate, version, decision, champion, held)
 
 
 def log_dataset(data_dir: Path) -> None:
@@ -230,17 +321,6 @@ def git_commit(project_dir: Path) -> str:
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=project_dir, capture_output=True, text=True
     ).stdout.strip()
     return result.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def curation_metrics(report: dict[str, Any]) -> dict[str, float]:
