@@ -1,0 +1,170 @@
+"""End to end against a real MLflow tracking server over HTTP, on SQLite and on PostgreSQL.
+
+What a team runs: ``mlflow server`` with its own backend store (a SQLite file, or a
+PostgreSQL server) and ``--artifacts-destination``, reached at
+``MLFLOW_TRACKING_URI=http://...``. ``sslpipe run`` registers into it, every artifact
+uploaded through the server into its destination and none left in the project; a
+second registration becomes version 2 and the gate, reading the champion's tags from
+the server, decides; ``sslpipe serve`` downloads the champion from the server and
+serves the embeddings of the exported ONNX file. One pipeline run per backend; the
+serving check on one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.datasets import cut_cifar10
+from tests.project import environment, free_port, make_project, sh, wait_until_healthy
+from tests.servers import MlflowServer, mlflow_server, postgres_server
+
+pytestmark = pytest.mark.slow
+
+BACKENDS = ("sqlite", "postgresql")
+MODEL = "ssl-embedder"
+# What the project would write for its own store if the server were not used.
+LOCAL_STORE = ("mlflow.db", "mlartifacts", "mlruns")
+MARGIN = 0.5  # of kNN top-1: more than the same model, registered again, can beat its champion by
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A project whose pipeline ran against ``server``, and the two registrations it made there."""
+
+    server: MlflowServer
+    project: Path
+    first: dict  # reports/registration.json after `sslpipe run`
+    second: dict  # after `sslpipe register` once more, with champion_margin=MARGIN
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """``mlflow server`` with its backend store on SQLite or PostgreSQL and its artifacts in a temporary folder."""
+    folder = tmp_path_factory.mktemp(f"mlflow-{request.param}")
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            store = stack.enter_context(postgres_server())
+        else:
+            store = f"sqlite:///{folder / 'mlflow.db'}"
+        yield stack.enter_context(mlflow_server(store, folder / "server"))
+
+
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 real CIFAR-10 JPEGs (8 train + 2 test per class): one training step, labels for the kNN gate."""
+    return cut_cifar10(tmp_path_factory.mktemp("data") / "small.tar.gz", 8, 2)
+
+
+@pytest.fixture(scope="module")
+def registered(server: MlflowServer, tmp_path_factory: pytest.TempPathFactory, small_archive: Path) -> Registered:
+    project = make_project(tmp_path_factory.mktemp("project"), small_archive)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    # The registry is under test, not the methods: SimCLR needs no teacher (one training, not two),
+    # and curation and evaluation skip their optional extras.
+    params["pretrain"]["method"] = "simclr"
+    params["curate"].update({"selection": {**params["curate"]["selection"], "size": 0}, "map_points": 0})
+    params["evaluate"]["linear_probe"] = False
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    against = ("env", f"MLFLOW_TRACKING_URI={server.url}")
+    sh(project, *against, "sslpipe", "run")
+    first = json.loads((project / "reports/registration.json").read_text())
+    # Registered again with a margin it cannot beat: the gate must keep the champion it reads from the server.
+    sh(project, *against, "sslpipe", "register", "--set", f"register.champion_margin={MARGIN}")
+    second = json.loads((project / "reports/registration.json").read_text())
+    return Registered(server, project, first, second)
+
+
+def client_of(server: MlflowServer):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+
+
+def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(registered: Registered) -> None:
+    from tasks.live_tracking import RunReference
+
+    server, first = registered.server, registered.first
+    assert first["tracking_uri"] == server.url
+    assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"] and first["promoted_to_champion"]
+    client = client_of(server)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == "1" and champion.run_id == first["run_id"]
+    assert champion.tags["gate_value"] == first["tags"]["gate_value"]
+    # One run per pipeline execution: the training's live run, continued by register.
+    assert RunReference.read(registered.project / "models/student") == RunReference(
+        server.url, first["experiment_id"], first["run_id"]
+    )
+    run = client.get_run(first["run_id"])
+    # The training's curve (logged live) and the evaluation (logged by register) in one run.
+    assert run.data.params["training.epochs"] == "1" and {"train_loss", "student.top1"} <= run.data.metrics.keys()
+    # Uploaded through the server (mlflow-artifacts:/), stored in its --artifacts-destination.
+    assert client.get_experiment(first["experiment_id"]).artifact_location.startswith("mlflow-artifacts:/")
+    checkpoints = [p for p in server.artifacts.rglob("model.pt") if first["run_id"] in p.parts]
+    assert [p.parts[-2:] for p in checkpoints] == [("checkpoint", "model.pt")]
+    logged_model = champion.source.removeprefix("models:/")  # MLflow 3: the version's source is a logged model
+    assert [p.name for p in server.artifacts.rglob("*.onnx") if logged_model in p.parts] == ["model.onnx"]
+    assert [name for name in LOCAL_STORE if (registered.project / name).exists()] == []
+
+
+def test_a_second_registration_is_version_2_and_the_gate_decides_on_the_servers_champion(
+    registered: Registered,
+) -> None:
+    """Same model, same score, a margin of 0.5: version 2 is the challenger; the champion (v1) is kept."""
+    first, second = registered.first, registered.second
+    assert second["version"] == "2" and second["aliases"] == ["challenger"]
+    assert not second["promoted_to_champion"]
+    assert second["gate_value"] == first["gate_value"]
+    assert "champion v1" in second["reason"] and f"margin {MARGIN}" in second["reason"]
+    client = client_of(registered.server)
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2"]
+    assert len(list(registered.server.artifacts.rglob("*.onnx"))) == 2
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # serving reads the same API on either backend
+def test_sslpipe_serve_serves_the_champion_from_the_server(registered: Registered, tmp_path: Path) -> None:
+    import httpx
+    from PIL import Image
+
+    from ssl_core.onnx_embedder import OnnxEmbedder
+
+    project, port = registered.project, free_port()
+    cache, log = tmp_path / "serving", tmp_path / "serve.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            ["sslpipe", "serve", "--model", f"models:/{MODEL}@champion", "--port", str(port), "--cache", str(cache)],
+            cwd=project,
+            env={**environment(project), "MLFLOW_TRACKING_URI": registered.server.url},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_healthy(server, f"{url}/health", seconds=120)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{log.read_text()[-3000:]}") from None
+        images = sorted((project / "data/ingested/images/test").rglob("*.jpg"))[:4]
+        response = httpx.post(
+            f"{url}/embed",
+            files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images],
+            timeout=60,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == f"models:/{MODEL}@champion"
+    assert len(list(cache.rglob("*.onnx"))) == 1  # downloaded from the server
+    direct = OnnxEmbedder(project / "models/onnx/model.onnx").embed([Image.open(p) for p in images])
+    np.testing.assert_allclose(np.array(response.json()["embeddings"]), direct, atol=1e-5)
