@@ -27,7 +27,7 @@ import yaml
 from tasks import layout
 from tasks.errors import USER_ERROR_EXIT_STATUS, UserError
 from tasks.params import Params, ParamsError, load_params
-from tasks.stages import STAGES, Stage, producer_of
+from tasks.stages import STAGE_NAMES, STAGES, Stage, producer_of
 
 logger = logging.getLogger("sslpipe")
 
@@ -69,6 +69,23 @@ def serve(params: Params, args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     model = args.model or f"models:/{params.registry.model_name}@champion"
     serve_model(model, params.serve.model_copy(update=overrides), args.cache)
+
+
+def schedule(params: Params, args: argparse.Namespace) -> None:
+    """Serves the pipeline as a scheduled Prefect deployment (imports Prefect only now)."""
+    from flows.schedule import schedule_pipeline
+
+    schedule_pipeline(
+        args.project_dir, args.cron, args.interval, args.timezone, args.name, args.stages, args.retry_backoff
+    )
+
+
+class ProjectDir(argparse.Action):
+    """``--project-dir``: also the params file that ``main`` checks before scheduling, the project's own."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        namespace.project_dir = value
+        namespace.params = value / layout.PARAMS
 
 
 def print_summary(seconds: float | None = None) -> None:
@@ -143,6 +160,38 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})",
     )
     p.set_defaults(handler=serve)
+
+    # Not `serve`, which serves the model: this serves the pipeline on a schedule (flows/schedule.py).
+    p = sub.add_parser(
+        "schedule",
+        help="run the pipeline on a schedule: a Prefect deployment served by this process (needs PREFECT_API_URL)",
+        description="Serve the pipeline as the Prefect deployment ssl-pipeline/NAME, run by the cron expression or "
+        "interval, until Ctrl-C (which pauses the schedule). Needs a Prefect server: `prefect server start`, then "
+        "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.",
+    )
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="cron expression, e.g. '0 2 * * *' for 02:00 every day")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between runs")
+    p.add_argument("--timezone", default=None, help="IANA timezone of the cron expression (default: UTC)")
+    p.add_argument(
+        "--project-dir",
+        type=Path,
+        action=ProjectDir,
+        default=Path.cwd(),
+        help="the DVC project to run; its params.yaml is checked now (default: this folder)",
+    )
+    p.add_argument("--name", default=None, help="deployment name (default: the project folder's name)")
+    p.add_argument(
+        "--stages", nargs="+", choices=STAGE_NAMES, metavar="STAGE", help=f"subset of {STAGE_NAMES} (default: all)"
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=float,
+        metavar="SECONDS",
+        help="seconds before the first retry of a stage that may fail transiently (default: the flow's)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(handler=schedule, params=layout.PARAMS, overrides=[])
 
     p = sub.add_parser("run", parents=[common], help="run every stage in order (no DVC, no Prefect)")
     p.set_defaults(handler=run_all)

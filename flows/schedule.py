@@ -1,0 +1,187 @@
+"""The pipeline on a schedule: this process serves a deployment of the flow and runs what the server schedules.
+
+    prefect server start                                  # in another terminal: the API and its scheduler
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    python -m flows.schedule --cron "0 2 * * *"           # or: sslpipe schedule --cron "0 2 * * *"
+    python -m flows.schedule --interval 3600 --stages ingest curate
+
+The deployment is ``ssl-pipeline/<name>`` (default name: the project folder's), with
+the schedule and the flow's parameters (project folder, stages) stored on the
+server. The server's scheduler creates the runs; this process picks each one up and
+runs it in a subprocess, so it must keep running. Stopping it (Ctrl-C) pauses the
+schedule. ``prefect deployment run ssl-pipeline/<name>`` runs it now.
+
+A schedule needs a Prefect server: the temporary one that ``python -m flows.pipeline``
+starts has no scheduler and goes away with the process (Prefect would only log a
+warning and never run anything), so without ``PREFECT_API_URL`` this refuses to
+start. To run on a work pool instead of this process, see ``prefect.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+# First: it sets Prefect's environment (home folder, no telemetry) before prefect is imported.
+from flows.pipeline import PROJECT_DIR, ssl_pipeline
+
+# isort: split
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.schedules import Cron, Interval, Schedule
+from prefect.settings import PREFECT_API_URL
+from prefect.types.entrypoint import EntrypointType
+from pydantic import ValidationError
+
+from tasks.errors import USER_ERROR_EXIT_STATUS, UserError
+from tasks.stages import STAGE_NAMES
+
+DEFAULT_TIMEZONE = "UTC"
+
+
+class ScheduleError(UserError):
+    """A schedule that cannot be served: a bad cron string, interval or timezone, or no Prefect server."""
+
+
+def build_schedule(
+    cron: str | None = None, interval: float | None = None, timezone: str = DEFAULT_TIMEZONE
+) -> Schedule:
+    """A cron or interval schedule, checked now rather than when the server first reads it.
+
+    Args:
+        cron: a cron expression, e.g. ``"0 2 * * *"`` (02:00 every day, in ``timezone``).
+        interval: seconds between runs.
+        timezone: IANA name, e.g. ``Europe/Berlin``: the clock the cron expression reads.
+
+    Raises:
+        ScheduleError: naming the bad value, or when not exactly one of ``cron`` and ``interval`` is given.
+    """
+    if (cron is None) == (interval is None):
+        raise ScheduleError("give exactly one of --cron (e.g. '0 2 * * *') and --interval SECONDS")
+    # Prefect's own schemas check the values; each error, reduced to a line, names its option and value.
+    try:
+        if cron is not None:
+            CronSchedule(cron=cron, timezone=timezone)
+            return Cron(cron, timezone=timezone)
+        IntervalSchedule(interval=datetime.timedelta(seconds=interval), timezone=timezone)
+        return Interval(interval, timezone=timezone)
+    except ValidationError as error:
+        given = {"cron": cron, "interval": interval, "timezone": timezone}
+        reasons = {"cron": "not a cron expression (minute hour day-of-month month day-of-week, e.g. '0 2 * * *')"}
+        problems = []
+        for problem in error.errors():
+            field = problem["loc"][0]
+            reason = reasons.get(field, problem["msg"].removeprefix("Value error, "))
+            problems.append(f"--{field} {given[field]!r}: {reason}")
+        raise ScheduleError("; ".join(problems)) from None
+
+
+def deployment_parameters(
+    project_dir: str | Path, stages: list[str] | None = None, retry_backoff_seconds: float | None = None
+) -> dict:
+    """The flow's parameters for every scheduled run: the project as an absolute path, and only what was given.
+
+    Raises:
+        ScheduleError: for an unknown stage or a folder that is not a DVC project.
+    """
+    project = Path(project_dir).resolve()
+    if not (project / "dvc.yaml").is_file():
+        raise ScheduleError(f"--project-dir {str(project_dir)!r}: no dvc.yaml there; give the project's folder")
+    unknown = sorted(set(stages or []) - set(STAGE_NAMES))
+    if unknown:
+        raise ScheduleError(f"--stages {unknown}: unknown; choose from {list(STAGE_NAMES)}")
+    parameters: dict = {"project_dir": str(project)}
+    if stages:
+        parameters["stages"] = list(stages)
+    if retry_backoff_seconds is not None:
+        parameters["retry_backoff_seconds"] = retry_backoff_seconds
+    return parameters
+
+
+def require_prefect_server() -> str:
+    """The API URL of the Prefect server that will hold the schedule; it must be set and answer.
+
+    Raises:
+        ScheduleError: if ``PREFECT_API_URL`` is unset, or nothing healthy answers there.
+    """
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ScheduleError(
+            "PREFECT_API_URL is not set, and Prefect's temporary server runs no scheduler: start one with "
+            "`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
+    with get_client(sync_client=True) as client:
+        unhealthy = client.api_healthcheck()
+    if unhealthy is not None:
+        raise ScheduleError(f"no Prefect server answers at PREFECT_API_URL={url} ({unhealthy}): is it started?")
+    return url
+
+
+def serve_on_schedule(schedule: Schedule, parameters: dict, name: str) -> None:
+    """Creates (or updates) the deployment ``ssl-pipeline/<name>`` and runs its flow runs until interrupted."""
+    url = require_prefect_server()
+    when = f"cron {schedule.cron!r}" if schedule.cron else f"every {schedule.interval.total_seconds():g} s"
+    print(
+        f"Serving {ssl_pipeline.name}/{name} on {url}: {when} ({schedule.timezone}), "
+        f"project {parameters['project_dir']}, stages {parameters.get('stages', 'all')}. "
+        "Keep this process running; Ctrl-C stops it and pauses the schedule.",
+        flush=True,
+    )
+    ssl_pipeline.serve(
+        name=name,
+        schedule=schedule,
+        parameters=parameters,
+        # The flow by module, not by file: the run's subprocess imports it whatever its working directory.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def schedule_pipeline(
+    project_dir: str | Path,
+    cron: str | None = None,
+    interval: float | None = None,
+    timezone: str | None = None,
+    name: str | None = None,
+    stages: list[str] | None = None,
+    retry_backoff_seconds: float | None = None,
+) -> None:
+    """Checks every argument, then serves the scheduled deployment (default name: the project folder's)."""
+    schedule = build_schedule(cron, interval, timezone or DEFAULT_TIMEZONE)
+    parameters = deployment_parameters(project_dir, stages, retry_backoff_seconds)
+    serve_on_schedule(schedule, parameters, name or Path(parameters["project_dir"]).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the SSL pipeline as a scheduled Prefect deployment.")
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help="cron expression, e.g. '0 2 * * *' for 02:00 every day")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between runs")
+    parser.add_argument(
+        "--timezone", default=DEFAULT_TIMEZONE, help="IANA timezone of the cron expression (default: %(default)s)"
+    )
+    parser.add_argument("--project-dir", default=str(PROJECT_DIR), help="the DVC project (default: this repository)")
+    parser.add_argument("--name", default=None, help="deployment name (default: the project folder's name)")
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGE_NAMES, metavar="STAGE", help=f"subset of {STAGE_NAMES} (default: all)"
+    )
+    parser.add_argument(
+        "--retry-backoff",
+        type=float,
+        metavar="SECONDS",
+        help="first wait before retrying a stage (default: the flow's)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        schedule_pipeline(
+            args.project_dir, args.cron, args.interval, args.timezone, args.name, args.stages, args.retry_backoff
+        )
+    except UserError as error:
+        print(f"python -m flows.schedule: error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT_STATUS
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
