@@ -35,7 +35,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -87,18 +87,16 @@ def one_run_per_project(project_dir: str | Path, wait_seconds: float) -> Iterato
     name = pipeline_limit_name(project_dir)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, limit=1)
-    slot = concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True)
-    try:
-        slot.__enter__()
-    except TimeoutError:
-        raise PipelineBusyError(
-            f"Another pipeline run of {Path(project_dir).resolve()} held the concurrency limit {name!r} for more "
-            f"than {wait_seconds:g} s; this run was refused. See it with `prefect gcl inspect {name}`."
-        ) from None
-    try:
+    with ExitStack() as slot:
+        # Only acquiring the slot can mean "busy": a TimeoutError from a stage is the stage's own.
+        try:
+            slot.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True))
+        except TimeoutError:
+            raise PipelineBusyError(
+                f"Another pipeline run of {Path(project_dir).resolve()} held the concurrency limit {name!r} for "
+                f"more than {wait_seconds:g} s; this run was refused. See it with `prefect gcl inspect {name}`."
+            ) from None
         yield
-    finally:
-        slot.__exit__(None, None, None)
 
 
 def is_user_error(error: BaseException | None) -> bool:

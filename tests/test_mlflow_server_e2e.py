@@ -6,8 +6,9 @@ PostgreSQL server) and ``--artifacts-destination``, reached at
 uploaded through the server into its destination and none left in the project; a
 second registration becomes version 2 and the gate, reading the champion's tags from
 the server, decides; ``sslpipe serve`` downloads the champion from the server and
-serves the embeddings of the exported ONNX file. One pipeline run per backend; the
-serving check on one of them.
+serves the embeddings of the exported ONNX file. One pipeline run, against the
+server on SQLite; the model it trained is then registered into a server on
+PostgreSQL, where only the registry differs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +46,6 @@ class Registered:
     second: dict  # after `sslpipe register` once more, with champion_margin=MARGIN
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """``mlflow server`` with its backend store on SQLite or PostgreSQL and its artifacts in a temporary folder."""
-    folder = tmp_path_factory.mktemp(f"mlflow-{request.param}")
-    with ExitStack() as stack:
-        if request.param == "postgresql":
-            store = stack.enter_context(postgres_server())
-        else:
-            store = f"sqlite:///{folder / 'mlflow.db'}"
-        yield stack.enter_context(mlflow_server(store, folder / "server"))
-
-
 @pytest.fixture(scope="module")
 def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """100 real CIFAR-10 JPEGs (8 train + 2 test per class): one training step, labels for the kNN gate."""
@@ -65,7 +53,7 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def registered(server: MlflowServer, tmp_path_factory: pytest.TempPathFactory, small_archive: Path) -> Registered:
+def project(tmp_path_factory: pytest.TempPathFactory, small_archive: Path) -> Path:
     project = make_project(tmp_path_factory.mktemp("project"), small_archive)
     params = yaml.safe_load((project / "params.yaml").read_text())
     # The registry is under test, not the methods: SimCLR needs no teacher (one training, not two),
@@ -74,13 +62,47 @@ def registered(server: MlflowServer, tmp_path_factory: pytest.TempPathFactory, s
     params["curate"].update({"selection": {**params["curate"]["selection"], "size": 0}, "map_points": 0})
     params["evaluate"]["linear_probe"] = False
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    against = ("env", f"MLFLOW_TRACKING_URI={server.url}")
-    sh(project, *against, "sslpipe", "run")
-    first = json.loads((project / "reports/registration.json").read_text())
-    # Registered again with a margin it cannot beat: the gate must keep the champion it reads from the server.
-    sh(project, *against, "sslpipe", "register", "--set", f"register.champion_margin={MARGIN}")
-    second = json.loads((project / "reports/registration.json").read_text())
-    return Registered(server, project, first, second)
+    return project
+
+
+def register_again(project: Path, server: MlflowServer) -> dict:
+    """`sslpipe register` with a margin the same model cannot beat: the gate must keep the server's champion."""
+    sh(
+        project,
+        "env",
+        f"MLFLOW_TRACKING_URI={server.url}",
+        "sslpipe",
+        "register",
+        "--set",
+        f"register.champion_margin={MARGIN}",
+    )
+    return json.loads((project / "reports/registration.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def on_sqlite(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
+    """The whole pipeline against a server on SQLite: trained (tracked live) and registered there, then again."""
+    folder = tmp_path_factory.mktemp("mlflow-sqlite")
+    with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", folder / "server") as server:
+        sh(project, "env", f"MLFLOW_TRACKING_URI={server.url}", "sslpipe", "run")
+        first = json.loads((project / "reports/registration.json").read_text())
+        yield Registered(server, project, first, register_again(project, server))
+
+
+@pytest.fixture(scope="module")
+def on_postgresql(on_sqlite: Registered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
+    """The same trained model registered into a second server, on PostgreSQL: the registry is what differs."""
+    folder = tmp_path_factory.mktemp("mlflow-postgresql")
+    with postgres_server() as store, mlflow_server(store, folder / "server") as server:
+        project = on_sqlite.project
+        sh(project, "env", f"MLFLOW_TRACKING_URI={server.url}", "sslpipe", "register")
+        first = json.loads((project / "reports/registration.json").read_text())
+        yield Registered(server, project, first, register_again(project, server))
+
+
+@pytest.fixture(params=BACKENDS)
+def registered(request: pytest.FixtureRequest) -> Registered:
+    return request.getfixturevalue(f"on_{request.param}")
 
 
 def client_of(server: MlflowServer):
@@ -90,8 +112,6 @@ def client_of(server: MlflowServer):
 
 
 def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(registered: Registered) -> None:
-    from tasks.live_tracking import RunReference
-
     server, first = registered.server, registered.first
     assert first["tracking_uri"] == server.url
     assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"] and first["promoted_to_champion"]
@@ -99,12 +119,7 @@ def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(regis
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == "1" and champion.run_id == first["run_id"]
     assert champion.tags["gate_value"] == first["tags"]["gate_value"]
-    # One run per pipeline execution: the training's live run, continued by register.
-    assert RunReference.read(registered.project / "models/student") == RunReference(
-        server.url, first["experiment_id"], first["run_id"]
-    )
     run = client.get_run(first["run_id"])
-    # The training's curve (logged live) and the evaluation (logged by register) in one run.
     assert run.data.params["training.epochs"] == "1" and {"train_loss", "student.top1"} <= run.data.metrics.keys()
     # Uploaded through the server (mlflow-artifacts:/), stored in its --artifacts-destination.
     assert client.get_experiment(first["experiment_id"]).artifact_location.startswith("mlflow-artifacts:/")
@@ -113,6 +128,20 @@ def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(regis
     logged_model = champion.source.removeprefix("models:/")  # MLflow 3: the version's source is a logged model
     assert [p.name for p in server.artifacts.rglob("*.onnx") if logged_model in p.parts] == ["model.onnx"]
     assert [name for name in LOCAL_STORE if (registered.project / name).exists()] == []
+
+
+def test_the_training_is_tracked_live_in_the_run_that_register_continues(on_sqlite: Registered) -> None:
+    """One run per pipeline execution: the run pretrain opened on the server is the registered version's."""
+    from tasks.live_tracking import ROLE_TAG, RunReference
+
+    first = on_sqlite.first
+    assert RunReference.read(on_sqlite.project / "models/student") == RunReference(
+        on_sqlite.server.url, first["experiment_id"], first["run_id"]
+    )
+    run = client_of(on_sqlite.server).get_run(first["run_id"])
+    assert run.data.tags[ROLE_TAG] == "pretrain"  # opened by the pretrain stage, over HTTP
+    losses = client_of(on_sqlite.server).get_metric_history(first["run_id"], "train_loss")
+    assert [m.step for m in losses] == [1]  # logged by the training itself, once per epoch
 
 
 def test_a_second_registration_is_version_2_and_the_gate_decides_on_the_servers_champion(
@@ -131,8 +160,9 @@ def test_a_second_registration_is_version_2_and_the_gate_decides_on_the_servers_
     assert len(list(registered.server.artifacts.rglob("*.onnx"))) == 2
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # serving reads the same API on either backend
-def test_sslpipe_serve_serves_the_champion_from_the_server(registered: Registered, tmp_path: Path) -> None:
+def test_sslpipe_serve_serves_the_champion_from_the_server(on_sqlite: Registered, tmp_path: Path) -> None:
+    """Serving reads the same API on either backend: checked on one."""
+    registered = on_sqlite
     import httpx
     from PIL import Image
 
