@@ -71,6 +71,13 @@ def serve(params: Params, args: argparse.Namespace) -> None:
     serve_model(model, params.serve.model_copy(update=overrides), args.cache)
 
 
+def embed(params: Params, args: argparse.Namespace) -> None:
+    """Embeds a dataset into a file (imports onnxruntime and pyarrow only now)."""
+    from tasks.embed import main as embed_main
+
+    embed_main(params, args)
+
+
 def schedule(params: Params, args: argparse.Namespace) -> None:
     """Serves the pipeline as a scheduled Prefect deployment (imports Prefect only now)."""
     from flows.schedule import schedule_pipeline
@@ -145,7 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(handler=lambda params, args, stage=stage: run_stage(stage, params, args))
 
-    p = sub.add_parser("serve", parents=[common], help="serve embeddings over HTTP from an ONNX model")
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve embeddings over HTTP from an ONNX model",
+        description="POST /embed (multipart files or JSON base64 images, batched across requests), GET /health/live, "
+        "/health/ready, /info, /metrics (Prometheus). Settings: the serve section of params.yaml, e.g. "
+        "--set serve.max_batch_size=64. A models:/<name>@<alias> model is followed when the alias moves "
+        "(serve.alias_poll_seconds).",
+    )
     p.add_argument(
         "--model",
         default=None,
@@ -160,6 +175,41 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})",
     )
     p.set_defaults(handler=serve)
+
+    p = sub.add_parser(
+        "embed",
+        parents=[common],
+        help="embed every image of a folder, archive or ingested dataset into a Parquet or .npy file",
+        description="Embed every image of --data with the served model's preprocessing into --out: .parquet "
+        "(path, label, split, embedding) or .npy (+ a .csv of path, label, split per row). Undecodable files are "
+        "skipped and listed in <out>.report.json. On a schedule: python -m flows.embed --help.",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="ONNX file or MLflow URI models:/<name>@<alias> (default: models:/<register.model_name>@champion)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="image folder ([split/]class/image or flat), .tar/.tar.gz/.tgz/.zip archive, or a folder with a "
+        "manifest.csv (sslpipe ingest's or curate's output)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output file: .parquet, or .npy (+ .csv beside it)")
+    # Defaults None: tasks.embed holds them (importing it here would load pyarrow and onnx for --help).
+    p.add_argument("--batch-size", type=int, default=None, help="images per model run (default: 64)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="threads decoding images while the model runs (default: 2; 0: none)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and its .csv) if it exists")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=layout.SERVING_CACHE,
+        help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})",
+    )
+    p.set_defaults(handler=embed)
 
     # Not `serve`, which serves the model: this serves the pipeline on a schedule (flows/schedule.py).
     p = sub.add_parser(

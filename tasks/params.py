@@ -312,10 +312,23 @@ class EvaluateParams(_Section):
 
 
 class ExportParams(_Section):
+    """ONNX export checked against PyTorch, optionally quantized to int8 (tasks/export.py, ssl_core/quantize.py)."""
+
     opset: int = Field(default=18, ge=13)
     # Max |ONNX - PyTorch| allowed on the check images; the stage fails above it.
     tolerance: float = Field(default=1e-4, gt=0)
     num_check_images: int = Field(default=64, ge=1)
+    # int8: model.onnx (registered, served) is the static int8 quantization; the fp32 one stays as model.fp32.onnx.
+    quantize: Literal["none", "int8"] = "none"
+    # Training images whose activations set the int8 ranges.
+    calibration_images: int = Field(default=256, ge=1)
+    # How a range is drawn from them (ssl_core.quantize.CALIBRATION_METHODS).
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    # The stage fails if int8 loses more kNN top-1 than this against fp32 (0.01 = 1 point).
+    max_knn_drop: float = Field(default=0.01, ge=0, le=1)
+    # The kNN comparison (evaluate's k and temperature) on at most this many labeled bank and query images.
+    knn_bank: int = Field(default=5000, ge=1)
+    knn_queries: int = Field(default=1000, ge=1)
 
 
 class RegisterParams(_Section):
@@ -330,10 +343,29 @@ class RegisterParams(_Section):
 
 
 class ServeParams(_Section):
+    """The embedding server (``sslpipe serve``, :mod:`tasks.serve`): limits, dynamic batching, alias watching."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Request body limit (base64 included): larger uploads get 413 before they are read.
     max_upload_mb: float = Field(default=10.0, gt=0)
     max_images_per_request: int = Field(default=64, ge=1)
+    # Images in one ONNX run: requests waiting together share it (a larger request is split).
+    max_batch_size: int = Field(default=32, ge=1)
+    # Longest a batch waits for requests still being decoded; a batch never waits when none are.
+    max_batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    # Requests admitted and not yet handed to the model; one more gets 429 with Retry-After.
+    max_queued_requests: int = Field(default=128, ge=1)
+    # A request not answered in this time gets 503 with Retry-After (the server is busy, not broken).
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    # Threads decoding and preprocessing images, beside the one inference thread.
+    decode_threads: int = Field(default=2, ge=1)
+    # onnxruntime threads per inference; 0 = the cores this process may run on (taskset respected).
+    inference_threads: int = Field(default=0, ge=0)
+    # Serving models:/<name>@<alias>: seconds between checks of where the alias points; 0 = never.
+    alias_poll_seconds: float = Field(default=30.0, ge=0)
+    # One log line per request (uvicorn's access log); /metrics counts them either way.
+    access_log: bool = False
 
 
 class Params(_Section):

@@ -130,9 +130,9 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "export",
         "tasks.export",
-        "export the student to ONNX and check it against PyTorch",
-        inputs=(DATA, STUDENT),
-        outputs=(PathOption("out", layout.ONNX_DIR, "model.onnx, export_report.json"),),
+        "export the student to ONNX, check it against PyTorch, quantize it to int8 (export.quantize)",
+        inputs=(DATA, STUDENT),  # DATA: the check images, and with int8 the calibration and kNN images
+        outputs=(PathOption("out", layout.ONNX_DIR, "model.onnx, export_report.json; with int8 also model.fp32.onnx"),),
     ),
     Stage(
         "register",

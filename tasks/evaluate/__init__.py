@@ -3,7 +3,7 @@
 Always, label-free (:mod:`ssl_core.label_free`), for the student and a random-init
 baseline: RankMe (Garrido et al. 2023), alignment and uniformity (Wang & Isola
 2020), and the collapse flag of training. Where images have labels, even only a few
-(:mod:`tasks.evaluate.labeled`): kNN as in the lightly benchmarks (k=200, t=0.1)
+(:mod:`tasks.labeled_split`): kNN as in the lightly benchmarks (k=200, t=0.1)
 and a linear probe (logistic regression on the frozen embeddings). Writes
 ``metrics.json`` (DVC metrics), ``per_class.json`` and ``evaluation.png``.
 

@@ -9,7 +9,7 @@ baseline that shows what pretraining gained) are embedded:
   and uniformity (:mod:`ssl_core.label_free`);
 - the test split, when its labeled images are the kNN queries.
 
-Labeled images (:mod:`tasks.evaluate.labeled`) give kNN (the lightly-benchmark
+Labeled images (:mod:`tasks.labeled_split`) give kNN (the lightly-benchmark
 protocol, :mod:`ssl_core.knn`) and a linear probe (:mod:`ssl_core.linear_probe`).
 When the data folder is the curate stage's (it holds ``report.json``), the test
 images it found leaked into training are also scored apart: ``top1_without_leaks``
@@ -40,8 +40,8 @@ from ssl_core.linear_probe import linear_probe
 from ssl_core.model_file import load_embedding_model
 from ssl_core.precision import resolve_device, seed_everything
 from tasks.errors import UserError
-from tasks.evaluate.labeled import LabeledSplit, choose_labeled
 from tasks.evaluate.plots import plot_evaluation
+from tasks.labeled_split import LabeledSplit, choose_labeled
 from tasks.layout import CURATION_REPORT, EVALUATION_PLOT, METRICS_FILE, MODEL_FILE
 from tasks.params import EvaluateParams
 

@@ -172,6 +172,7 @@ def summary_of(client: SyncPrefectClient, flow_run: FlowRun) -> str:
     return artifact.data
 
 
+@pytest.mark.slow  # a real Prefect server and a project: ~30 s
 def test_a_served_schedule_runs_on_the_server_retries_a_failing_stage_then_is_cached(
     prefect_api: str, client: SyncPrefectClient, project: Path, tmp_path: Path
 ) -> None:
@@ -270,6 +271,7 @@ def test_a_served_schedule_runs_on_the_server_retries_a_failing_stage_then_is_ca
     assert client.read_deployment(nightly.id).paused
 
 
+@pytest.mark.slow  # a real Prefect server and a project: ~30 s
 def test_prefect_yaml_deploys_the_pipeline_to_a_process_work_pool(
     client: SyncPrefectClient, project: Path, tmp_path: Path
 ) -> None:

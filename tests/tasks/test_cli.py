@@ -17,7 +17,7 @@ from tasks.stages import STAGE_NAMES, STAGES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ("ingest", "curate", "teacher", "pretrain", "evaluate", "export", "register")
-COMMANDS = (*STAGE_NAMES, "serve", "schedule", "run", "summary")
+COMMANDS = (*STAGE_NAMES, "serve", "embed", "schedule", "run", "summary")
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

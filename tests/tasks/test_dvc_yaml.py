@@ -23,7 +23,7 @@ def test_evaluation_code_is_a_dep_of_evaluate_only() -> None:
     evaluate = code_deps(stage("evaluate"))
     for path in (
         "tasks/evaluate/stage.py",
-        "tasks/evaluate/labeled.py",
+        "tasks/labeled_split.py",
         "ssl_core/knn.py",
         "ssl_core/label_free.py",
         "ssl_core/linear_probe.py",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tasks.evaluate.labeled import LabeledSplit, choose_labeled
+from tasks.labeled_split import LabeledSplit, choose_labeled
 
 U = -1  # unlabeled
 
