@@ -209,3 +209,54 @@ def stop(server: subprocess.Popen, how: int = signal.SIGTERM, group: bool = True
         server.wait()
     except ProcessLookupError:
         pass
+
+
+@contextmanager
+def prefect_server(home: Path, seconds: float = 180) -> Iterator[str]:
+    """A real ``prefect server start`` on a free port, its database under ``home``; yields its API URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**environment(home), "PREFECT_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_until_healthy(server, f"{url}/health", seconds=seconds)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def served_embeddings(project: Path, model: str, images: list[Path], log: Path, *options: str, **env: str) -> dict:
+    """Starts ``sslpipe serve --model model`` in ``project``, POSTs ``images`` to /embed, stops it; the answer's JSON.
+
+    Extra ``options`` go to the command and ``env`` to its environment (e.g. ``MLFLOW_TRACKING_URI``).
+    """
+    import httpx
+
+    port = free_port()
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            ["sslpipe", "serve", "--model", model, "--port", str(port), *options],
+            cwd=project,
+            env={**environment(project), **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_healthy(server, f"{url}/health", seconds=120)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{log.read_text()[-3000:]}") from None
+        response = httpx.post(
+            f"{url}/embed", files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images], timeout=60
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -14,7 +14,6 @@ PostgreSQL, where only the registry differs.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ import pytest
 import yaml
 
 from tests.datasets import cut_cifar10
-from tests.project import environment, free_port, make_project, sh, wait_until_healthy
-from tests.servers import MlflowServer, mlflow_server, postgres_server
+from tests.project import make_project, sh
+from tests.servers import MlflowServer, mlflow_server, postgres_server, served_embeddings
 
 pytestmark = pytest.mark.slow
 
@@ -162,39 +161,22 @@ def test_a_second_registration_is_version_2_and_the_gate_decides_on_the_servers_
 
 def test_sslpipe_serve_serves_the_champion_from_the_server(on_sqlite: Registered, tmp_path: Path) -> None:
     """Serving reads the same API on either backend: checked on one."""
-    registered = on_sqlite
-    import httpx
     from PIL import Image
 
     from ssl_core.onnx_embedder import OnnxEmbedder
 
-    project, port = registered.project, free_port()
-    cache, log = tmp_path / "serving", tmp_path / "serve.log"
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            ["sslpipe", "serve", "--model", f"models:/{MODEL}@champion", "--port", str(port), "--cache", str(cache)],
-            cwd=project,
-            env={**environment(project), "MLFLOW_TRACKING_URI": registered.server.url},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_healthy(server, f"{url}/health", seconds=120)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{log.read_text()[-3000:]}") from None
-        images = sorted((project / "data/ingested/images/test").rglob("*.jpg"))[:4]
-        response = httpx.post(
-            f"{url}/embed",
-            files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images],
-            timeout=60,
-        )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert response.status_code == 200, response.text
-    assert response.json()["model"] == f"models:/{MODEL}@champion"
+    project, cache = on_sqlite.project, tmp_path / "serving"
+    images = sorted((project / "data/ingested/images/test").rglob("*.jpg"))[:4]
+    answer = served_embeddings(
+        project,
+        f"models:/{MODEL}@champion",
+        images,
+        tmp_path / "serve.log",
+        "--cache",
+        str(cache),
+        MLFLOW_TRACKING_URI=on_sqlite.server.url,
+    )
+    assert answer["model"] == f"models:/{MODEL}@champion"
     assert len(list(cache.rglob("*.onnx"))) == 1  # downloaded from the server
     direct = OnnxEmbedder(project / "models/onnx/model.onnx").embed([Image.open(p) for p in images])
-    np.testing.assert_allclose(np.array(response.json()["embeddings"]), direct, atol=1e-5)
+    np.testing.assert_allclose(np.array(answer["embeddings"]), direct, atol=1e-5)

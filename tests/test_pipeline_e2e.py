@@ -25,8 +25,9 @@ import yaml
 from scripts.dvc_deps import stage_files
 from ssl_core.manifest import read_manifest
 from tasks.stages import STAGE_NAMES, STAGES
+from tests import servers
 from tests.datasets import REPO_ROOT
-from tests.project import environment, free_port, make_project, ran_stages, sh, wait_until_healthy
+from tests.project import environment, make_project, ran_stages, sh
 
 pytestmark = pytest.mark.slow
 
@@ -160,25 +161,12 @@ def test_the_flow_retries_a_registry_outage_but_not_a_users_mistake(project: Pat
 
 @pytest.fixture()
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `prefect server start` on a free port, its database in a temporary folder; yields its API URL.
+    """A real `prefect server start` (tests/servers.py); yields its API URL.
 
     Per test: a running server's background services take CPU from the tests after it (measured: +3.5 min in CI).
     """
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    server = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env={**environment(home), "PREFECT_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_until_healthy(server, f"{url}/health", seconds=180)
+    with servers.prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def test_a_second_run_of_the_project_waits_then_is_refused(

@@ -9,7 +9,6 @@ process over HTTP, and its embeddings equal the exported ONNX file's.
 from __future__ import annotations
 
 import json
-import subprocess
 import tarfile
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import pytest
 import yaml
 
 from tasks.stages import STAGE_NAMES
-from tests.project import environment, free_port, make_project, ran_stages, sh, wait_until_healthy
+from tests.project import make_project, ran_stages, sh
+from tests.servers import served_embeddings
 
 pytestmark = pytest.mark.slow
 
@@ -61,33 +61,12 @@ def test_a_flat_unlabeled_folder_gets_label_free_metrics_and_a_champion(unlabele
     assert registration["tags"]["rankme"] == registration["tags"]["gate_value"] == f"{metrics['student']['rankme']:.6f}"
 
 
-def test_sslpipe_serve_serves_the_unlabeled_champion(unlabeled_project: Path) -> None:
-    import httpx
+def test_sslpipe_serve_serves_the_unlabeled_champion(unlabeled_project: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     from ssl_core.onnx_embedder import OnnxEmbedder
 
-    port = free_port()
-    server = subprocess.Popen(
-        ["sslpipe", "serve", "--model", "models:/ssl-embedder@champion", "--port", str(port)],
-        cwd=unlabeled_project,
-        env=environment(unlabeled_project),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(server, f"{url}/health", seconds=120)
-        images = sorted((unlabeled_project / "data/frames").glob("*.jpg"))[:3]
-        response = httpx.post(
-            f"{url}/embed",
-            files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images],
-            timeout=60,
-        )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert response.status_code == 200, response.text
+    images = sorted((unlabeled_project / "data/frames").glob("*.jpg"))[:3]
+    answer = served_embeddings(unlabeled_project, "models:/ssl-embedder@champion", images, tmp_path / "serve.log")
     direct = OnnxEmbedder(unlabeled_project / "models/onnx/model.onnx").embed([Image.open(p) for p in images])
-    np.testing.assert_allclose(np.array(response.json()["embeddings"]), direct, atol=1e-5)
+    np.testing.assert_allclose(np.array(answer["embeddings"]), direct, atol=1e-5)

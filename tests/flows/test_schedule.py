@@ -47,7 +47,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.cli import main
 from tests.datasets import REPO_ROOT
-from tests.project import environment, free_port, make_project, sh, wait_until_healthy
+from tests.project import environment, make_project, sh
+from tests.servers import prefect_server
 
 SSLPIPE = str(Path(sys.executable).parent / "sslpipe")
 
@@ -114,21 +115,8 @@ def test_sslpipe_schedule_fails_in_one_line_without_a_prefect_server(capsys: pyt
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `prefect server start` on a free port, its database in a temporary folder, for this module only."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    server = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env={**environment(home), "PREFECT_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_until_healthy(server, f"{url}/health", seconds=180)
+    with prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
