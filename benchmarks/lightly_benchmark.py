@@ -4,6 +4,9 @@
     python benchmarks/lightly_benchmark.py --dataset cifar10 --epochs 200 --out benchmarks/results/gpu-cifar10
     # Imagenette at 128 px with a torchvision ResNet-18:
     python benchmarks/lightly_benchmark.py --dataset imagenette --epochs 200 --out benchmarks/results/gpu-imagenette
+    # The GPU fast path: images decoded once onto the device, views rendered there in batches:
+    python benchmarks/lightly_benchmark.py --dataset cifar10 --loader device --epochs 200 \
+        --out benchmarks/results/gpu-cifar10
     # A CPU smoke run on a class-balanced subset:
     python benchmarks/lightly_benchmark.py --dataset cifar10 --epochs 1 --batch-size 128 \
         --train-per-class 100 --test-per-class 100 --out benchmarks/results/cpu-cifar10-1epoch
@@ -23,6 +26,14 @@ defines them: RankMe of the train-split eval embeddings (the kNN bank), alignmen
 and uniformity on two standard views of ``--label-free-pairs`` train images, the
 same seeded sample and views for every checkpoint.
 ``benchmarks/label_free_vs_knn.py`` then measures how well they predict kNN.
+
+``--loader pil`` (the default) feeds training through a DataLoader that decodes and
+augments every view with PIL on the host, as the pipeline does on a CPU.
+``--loader device`` decodes the dataset once into uint8 tensors on the device
+(:class:`ssl_core.device_data.DeviceImages`), renders the views there a batch at a
+time (:mod:`ssl_core.batch_augment`) and evaluates on the device: the kNN bank and
+queries are embedded from the decoded tensors, and the label-free pairs are two
+batched standard views of the same seeded sample.
 
 Checkpoints live in ``--work-dir``: rerunning the same command resumes every
 method from its last finished epoch (``--epochs`` can grow between runs only by
@@ -44,16 +55,19 @@ import platform
 import resource
 import sys
 import tarfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ssl_core.augment import Normalization, eval_transform
+from ssl_core.augment import Normalization, ViewConfig, eval_transform
 from ssl_core.backbones import build_backbone
+from ssl_core.batch_augment import BatchViews
 from ssl_core.data import ManifestDataset
-from ssl_core.embed import compute_embeddings
+from ssl_core.device_data import DeviceImages
+from ssl_core.embed import compute_embeddings, embed_uint8_images
 from ssl_core.engine import EpochStats, TrainConfig, train
 from ssl_core.knn import knn_evaluate
 from ssl_core.label_free import embed_two_views, label_free_scores, sample_indices, standard_views
@@ -61,7 +75,7 @@ from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
 from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig
 from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
-from ssl_core.precision import resolve_device, seed_everything
+from ssl_core.precision import autocast, resolve_device, seed_everything
 from ssl_core.teachers import load_teacher_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +123,9 @@ class MethodResult:
     best_knn_top1: float = 0.0
     best_epoch: int = 0
     random_init_knn_top1: float = 0.0
+    # Training throughput: train images x epochs / train_seconds; views per image is the method's.
+    images_per_second: float | None = None
+    mean_eval_seconds: float | None = None
     # {epoch, knn_top1, rankme, alignment, uniformity} per evaluated epoch; empty in results from before them.
     per_epoch: list[dict] = field(default_factory=list)
     # The random-init backbone's Evaluation as a dict (the same for every method of a run).
@@ -176,6 +193,7 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
         device=args.device,
         precision=args.precision,
         num_workers=args.num_workers,
+        compile=args.compile,
     )
 
 
@@ -185,11 +203,22 @@ class EvaluationData:
 
     ``pairs`` is a seeded sample of train images under the standard (random) views: the
     same images, and with :func:`embed_two_views`'s seeding the same views, at every checkpoint.
+    With ``--loader device``, ``on_device`` holds the same three decoded on the device.
     """
 
     bank: ManifestDataset
     queries: ManifestDataset
     pairs: Dataset
+    on_device: DeviceEvaluationData | None = None
+
+
+@dataclass(frozen=True)
+class DeviceEvaluationData:
+    """Decoded uint8 tensors: the training set (the kNN bank), the test split, and the label-free sample."""
+
+    train: DeviceImages
+    queries: DeviceImages
+    pair_indices: torch.Tensor
 
 
 def evaluation_data(spec: DatasetSpec, root: Path, args: argparse.Namespace) -> EvaluationData:
@@ -197,8 +226,17 @@ def evaluation_data(spec: DatasetSpec, root: Path, args: argparse.Namespace) -> 
     evaluation = eval_transform(spec.image_size, norm)
     bank = ManifestDataset(root, [spec.train_split], evaluation)
     views = ManifestDataset(root, [spec.train_split], standard_views(spec.image_size, norm))
-    pairs = Subset(views, sample_indices(len(views), args.label_free_pairs, args.seed))
-    return EvaluationData(bank, ManifestDataset(root, [spec.test_split], evaluation), pairs)
+    indices = sample_indices(len(views), args.label_free_pairs, args.seed)
+    pairs = Subset(views, indices)
+    queries = ManifestDataset(root, [spec.test_split], evaluation)
+    on_device = None
+    if args.loader == "device":
+        device = resolve_device(args.device)
+        # Stored at the training size, as eval_transform crops it: the bank needs no other copy.
+        train = DeviceImages.decode(bank, spec.image_size, device, args.num_workers)
+        test = DeviceImages.decode(queries, spec.image_size, device, args.num_workers)
+        on_device = DeviceEvaluationData(train, test, torch.tensor(indices, device=train.images.device))
+    return EvaluationData(bank, queries, pairs, on_device)
 
 
 def evaluate(backbone: torch.nn.Module, data: EvaluationData, args: argparse.Namespace) -> Evaluation:
@@ -209,11 +247,39 @@ def evaluate(backbone: torch.nn.Module, data: EvaluationData, args: argparse.Nam
     """
     device = resolve_device(args.device)
     backbone.to(device)
+    if data.on_device is not None:
+        return evaluate_on_device(backbone, data.on_device, len(data.bank.class_names), args)
     bank_x, bank_y = compute_embeddings(backbone, data.bank, 512, args.num_workers, device, args.precision)
     query_x, query_y = compute_embeddings(backbone, data.queries, 512, args.num_workers, device, args.precision)
     knn = knn_evaluate(bank_x, bank_y, query_x, query_y, len(data.bank.class_names), k=200, temperature=0.1)
     view_a, view_b = embed_two_views(backbone, data.pairs, 512, args.num_workers, device, args.precision, args.seed)
     scores = label_free_scores(bank_x, view_a, view_b)
+    return Evaluation(knn.top1, scores.rankme, scores.alignment, scores.uniformity)
+
+
+def evaluate_on_device(
+    backbone: torch.nn.Module, data: DeviceEvaluationData, num_classes: int, args: argparse.Namespace
+) -> Evaluation:
+    """:func:`evaluate` from the decoded tensors, without leaving the device."""
+    device = resolve_device(args.device)
+    norm = Normalization()
+    embed = lambda images: embed_uint8_images(backbone, images, norm, device, args.precision)  # noqa: E731
+    bank_x, query_x = embed(data.train.images), embed(data.queries.images)
+    bank_y, query_y = data.train.labels.to(device), data.queries.labels.to(device)
+    knn = knn_evaluate(bank_x, bank_y, query_x, query_y, num_classes, k=200, temperature=0.1)
+    # Two seeded draws of the standard views of the same sample, as embed_two_views on the host.
+    image_size = data.train.images.shape[-1]
+    standard = BatchViews([ViewConfig(image_size=image_size).spec()], norm)
+    sample = data.train.images[data.pair_indices].to(device)
+    pairs = []
+    for offset in (0, 1):
+        generator = torch.Generator(device=device).manual_seed(args.seed + offset)
+        (views,) = standard(sample, generator)
+        with torch.no_grad(), autocast(device, args.precision):
+            features = backbone.eval()(views.contiguous(memory_format=torch.channels_last))
+        pairs.append(torch.nn.functional.normalize(features.float().flatten(1), dim=1))
+    backbone.train()
+    scores = label_free_scores(bank_x, *pairs)
     return Evaluation(knn.top1, scores.rankme, scores.alignment, scores.uniformity)
 
 
@@ -253,7 +319,12 @@ def run_method(
     train_set = ManifestDataset(root, [spec.train_split])
     teacher = load_teacher_file(teacher_path) if teacher_path is not None else None
     method = build_method(name, backbone, recipe(name, spec), teacher=teacher, num_images=len(train_set))
-    train_set.transform = method.train_transform(method.view_config(spec.image_size, blur_prob=spec.blur_prob), norm)
+    view = method.view_config(spec.image_size, blur_prob=spec.blur_prob)
+    if data.on_device is not None:
+        train_set = data.on_device.train
+        train_set.views = method.batch_transform(view, norm)
+    else:
+        train_set.transform = method.train_transform(view, norm)
 
     config = train_config(args, name)
     method_dir = args.work_dir / "runs" / name
@@ -270,8 +341,11 @@ def run_method(
     )
 
     def evaluate_epoch(stats: EpochStats) -> None:
+        started = time.perf_counter()
         evaluation = evaluate(method.backbone, data, args)
-        epoch_log[str(stats.epoch)] = asdict(evaluation)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_log[str(stats.epoch)] = {**asdict(evaluation), "eval_seconds": time.perf_counter() - started}
         log_path.write_text(json.dumps(epoch_log, indent=2))
         print(
             f"  {name} epoch {stats.epoch}: loss {stats.loss:.4f} kNN top-1 {evaluation.knn_top1:.4f} "
@@ -297,6 +371,9 @@ def run_method(
     # Training time only, from the epochs' own clocks: they stop before the per-epoch
     # evaluation, and the checkpoint keeps them, so a resumed run reports every epoch's time.
     result.train_seconds = sum(epoch.seconds for epoch in history.epochs)
+    result.images_per_second = len(train_set) * len(history.epochs) / max(result.train_seconds, 1e-9)
+    eval_times = [entry["eval_seconds"] for entry in epoch_log.values() if "eval_seconds" in entry]
+    result.mean_eval_seconds = sum(eval_times) / len(eval_times) if eval_times else None
     if history.resumed_from_epoch < args.epochs:  # a call that trained nothing measured no training memory
         if device.type == "cuda":
             result.peak_gpu_memory_gb = torch.cuda.max_memory_allocated(device) / 2**30
@@ -307,7 +384,11 @@ def run_method(
         log_path.write_text(json.dumps(epoch_log, indent=2))
     evaluated = [e for e in range(1, args.epochs + 1) if str(e) in epoch_log]
     result.knn_per_epoch = [epoch_log[str(e)]["knn_top1"] for e in evaluated]
-    result.per_epoch = [{"epoch": e, **epoch_log[str(e)]} for e in evaluated if "rankme" in epoch_log[str(e)]]
+    result.per_epoch = [
+        {"epoch": e, **{k: v for k, v in epoch_log[str(e)].items() if k != "eval_seconds"}}
+        for e in evaluated
+        if "rankme" in epoch_log[str(e)]
+    ]
     result.final_knn_top1 = result.knn_per_epoch[-1]
     result.best_knn_top1 = max(result.knn_per_epoch)
     result.best_epoch = evaluated[result.knn_per_epoch.index(result.best_knn_top1)]
@@ -329,17 +410,19 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         f"{header['precision']}.",
         "",
         "| method | epochs | lr | kNN top-1 final | kNN top-1 best (epoch) | random init | RankMe final "
-        "| train time (no eval) | peak GPU mem | peak host mem |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| train time (no eval) | images/s | eval time | peak GPU mem | peak host mem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         memory = f"{r.peak_gpu_memory_gb:.1f} GB" if r.peak_gpu_memory_gb is not None else "n/a"
         host = f"{r.peak_host_memory_gb:.1f} GB" if r.peak_host_memory_gb is not None else "n/a"
         duration = f"{r.train_seconds:.0f} s" if r.train_seconds < 600 else f"{r.train_seconds / 60:.1f} min"
         rank = f"{r.per_epoch[-1]['rankme']:.1f}" if r.per_epoch else "n/a"
+        speed = f"{r.images_per_second:,.0f}" if r.images_per_second else "n/a"
+        eval_time = f"{r.mean_eval_seconds:.2f} s" if r.mean_eval_seconds is not None else "n/a"
         lines.append(
             f"| {r.method} | {r.epochs} | {r.lr:g} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
-            f"{r.random_init_knn_top1:.4f} | {rank} | {duration} | {memory} | {host} |"
+            f"{r.random_init_knn_top1:.4f} | {rank} | {duration} | {speed} | {eval_time} | {memory} | {host} |"
         )
     random_init = next((r.random_init for r in results if r.random_init is not None), None)
     if random_init is not None:
@@ -354,7 +437,8 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         "",
         "Peak host memory per method is the process's peak RSS while that method trained and was "
         f"evaluated (n/a: resumed after its last epoch, nothing trained); over the whole run it was "
-        f"{header['peak_host_memory_gb']:.1f} GB. Peak GPU memory: n/a on a CPU.",
+        f"{header['peak_host_memory_gb']:.1f} GB. Peak GPU memory is torch.cuda.max_memory_allocated "
+        "(n/a on a CPU).",
     ]
     for method, error in header.get("failed", {}).items():
         lines += ["", f"**{method} failed** and has no result: {error}"]
@@ -378,6 +462,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16-mixed", choices=("fp32", "bf16-mixed"))
     parser.add_argument("--num-workers", type=int, default=8)
+    parser.add_argument(
+        "--loader",
+        choices=("pil", "device"),
+        default="pil",
+        help="pil: DataLoader with per-image PIL views; device: decoded once, views rendered on the device",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--label-free-pairs",
@@ -410,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "precision": args.precision,
+        "loader": args.loader,
         "train_images": len(ManifestDataset(root, [spec.train_split])),
         "test_images": len(ManifestDataset(root, [spec.test_split])),
         "label_free_pairs": min(args.label_free_pairs, len(ManifestDataset(root, [spec.train_split]))),
@@ -478,6 +570,7 @@ def previous_results(out: Path, setup: dict, parser: argparse.ArgumentParser) ->
     if not path.exists():
         return {}, {}
     report = json.loads(path.read_text())
+    report["header"].setdefault("loader", "pil")  # results from before --loader
     differs = {
         key: (report["header"].get(key), value) for key, value in setup.items() if report["header"].get(key) != value
     }

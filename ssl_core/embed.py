@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_core.augment import Normalization
 from ssl_core.precision import autocast
 
 
@@ -45,3 +46,32 @@ def compute_embeddings(
             on_batch(len(batch_labels))
     model.train(was_training)
     return torch.cat(embeddings), torch.cat(labels).long()
+
+
+@torch.no_grad()
+def embed_uint8_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalization: Normalization,
+    device: str | torch.device,
+    precision: str = "fp32",
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """L2-normalized embeddings of (N, 3, S, S) uint8 images already at the model's input size, on ``device``.
+
+    The device-side twin of :func:`compute_embeddings` for
+    :class:`~ssl_core.device_data.DeviceImages`: no decoding, no host transfer of
+    embeddings, one chunk of ``batch_size`` images at a time.
+    """
+    was_training = model.training
+    model.eval()
+    mean = torch.tensor(normalization.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(normalization.std, device=device).view(1, 3, 1, 1) * 255
+    embeddings = []
+    for chunk in images.split(batch_size):
+        pixels = (chunk.to(device, non_blocking=True).float() - mean) / std
+        with autocast(device, precision):
+            features = model(pixels.contiguous(memory_format=torch.channels_last))
+        embeddings.append(F.normalize(features.float().flatten(1), dim=1))
+    model.train(was_training)
+    return torch.cat(embeddings)

@@ -22,53 +22,41 @@ Scaled for 32 px images (CIFAR-10), the defaults (:class:`~ssl_core.methods.reci
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
-from PIL import Image
-from torchvision import transforms as T
-
-from ssl_core.augment import MultiView, Normalization, random_gaussian_blur
+from ssl_core.augment import MultiView, Normalization, ViewSpec, pil_view
 from ssl_core.methods.recipes import MultiCropConfig
 
 
-def crop_view(
-    config: MultiCropConfig,
-    norm: Normalization,
-    size: int,
-    scale: tuple[float, float],
-    blur_prob: float,
-    solarize_prob: float,
-) -> Callable[[Image.Image], torch.Tensor]:
-    """One random crop of a PIL image as a normalized (3, size, size) float tensor."""
+def crop_spec(
+    config: MultiCropConfig, size: int, scale: tuple[float, float], blur_prob: float, solarize_prob: float
+) -> ViewSpec:
+    """One multi-crop view: a bicubic random resized crop with DINO's color distortion."""
     s = config.jitter_strength
-    steps: list[Callable] = [
-        T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.RandomHorizontalFlip(p=config.flip_prob),
-    ]
-    if s > 0 and config.jitter_prob > 0:
-        jitter = T.ColorJitter(brightness=0.8 * s, contrast=0.8 * s, saturation=0.4 * s, hue=0.2 * s)
-        steps.append(T.RandomApply([jitter], p=config.jitter_prob))
-    if config.grayscale_prob > 0:
-        steps.append(T.RandomGrayscale(p=config.grayscale_prob))
-    if blur_prob > 0:
-        steps.append(random_gaussian_blur(size, blur_prob))
-    if solarize_prob > 0:
-        steps.append(T.RandomSolarize(threshold=128, p=solarize_prob))  # on uint8 PIL pixels
-    steps += [T.ToTensor(), T.Normalize(norm.mean, norm.std)]
-    return T.Compose(steps)
+    return ViewSpec(
+        size=size,
+        crop_scale=scale,
+        flip_prob=config.flip_prob,
+        jitter=(0.8 * s, 0.8 * s, 0.4 * s, 0.2 * s),
+        jitter_prob=config.jitter_prob if s > 0 else 0.0,
+        grayscale_prob=config.grayscale_prob,
+        blur_prob=blur_prob,
+        solarize_prob=solarize_prob,
+        bicubic=True,
+    )
+
+
+def multicrop_specs(config: MultiCropConfig, global_size: int) -> list[ViewSpec]:
+    """2 global crops of ``global_size`` px, then ``num_local_crops`` local crops.
+
+    Example:
+        >>> [spec.size for spec in multicrop_specs(MultiCropConfig(), 32)]  # [32, 32, 16, 16, 16, 16, 16, 16]
+    """
+    global_blur_1, global_blur_2, local_blur = config.blur_probs
+    first_global = crop_spec(config, global_size, config.global_crop_scale, global_blur_1, 0.0)
+    second_global = crop_spec(config, global_size, config.global_crop_scale, global_blur_2, config.solarize_prob)
+    local = crop_spec(config, config.local_side(global_size), config.local_crop_scale, local_blur, 0.0)
+    return [first_global, second_global] + [local] * config.num_local_crops
 
 
 def multicrop_transform(config: MultiCropConfig, global_size: int, norm: Normalization) -> MultiView:
-    """2 global crops of ``global_size`` px, then ``num_local_crops`` local crops, of the same image.
-
-    Example:
-        >>> views = multicrop_transform(MultiCropConfig(), 32, Normalization())(image)
-        >>> [v.shape[-1] for v in views]  # [32, 32, 16, 16, 16, 16, 16, 16]
-    """
-    global_blur_1, global_blur_2, local_blur = config.blur_probs
-    first_global = crop_view(config, norm, global_size, config.global_crop_scale, global_blur_1, 0.0)
-    second_global = crop_view(config, norm, global_size, config.global_crop_scale, global_blur_2, config.solarize_prob)
-    local_size = config.local_side(global_size)
-    local = crop_view(config, norm, local_size, config.local_crop_scale, local_blur, 0.0)
-    return MultiView([first_global, second_global] + [local] * config.num_local_crops)
+    """:func:`multicrop_specs` rendered per PIL image: the list of views of one image."""
+    return MultiView([pil_view(spec, norm) for spec in multicrop_specs(config, global_size)])

@@ -30,13 +30,14 @@ from tqdm import tqdm
 from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.backbones import available_backbones, build_backbone
 from ssl_core.data import ManifestDataset
+from ssl_core.device_data import DeviceImages, fast_path_applies
 from ssl_core.engine import EpochStats, StepInfo, TrainConfig, TrainHistory, train
 from ssl_core.knn_monitor import KnnMonitor, labeled_indices, labeled_sample
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
 from ssl_core.methods.base import SSLMethod
 from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
-from ssl_core.precision import seed_everything
+from ssl_core.precision import resolve_device, seed_everything
 from ssl_core.teachers import Teacher, load_dinov2_teacher, load_teacher_file
 from tasks.errors import UserError
 from tasks.layout import MODEL_FILE, TEACHER_SPEC
@@ -113,6 +114,20 @@ def view_config(trained: type[SSLMethod], training: TrainingParams, data: DataPa
     return trained.view_config(data.image_size, **settings)
 
 
+def training_data(
+    dataset: ManifestDataset, method: SSLMethod, view: ViewConfig, data: DataParams, training: TrainingParams
+) -> ManifestDataset | DeviceImages:
+    """What the engine trains on: on a GPU the images decoded once and augmented there a batch at a
+    time (:class:`~ssl_core.device_data.DeviceImages`), else ``dataset`` with per-image PIL views."""
+    device = resolve_device(training.device)
+    if fast_path_applies(len(dataset), data.image_size, device):
+        images = DeviceImages.decode(dataset, data.image_size, device, training.num_workers)
+        images.views = method.batch_transform(view, normalization(data))
+        return images
+    dataset.transform = method.train_transform(view, normalization(data))
+    return dataset
+
+
 def run(
     training: TrainingParams,
     data: DataParams,
@@ -146,7 +161,7 @@ def run(
         )
     backbone = build_backbone(training.backbone, data.image_size)
     method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
-    dataset.transform = method.train_transform(view_config(trained, training, data), normalization(data))
+    train_data = training_data(dataset, method, view_config(trained, training, data), data, training)
     lr = trained.peak_lr(
         training.base_lr, training.batch_size, None if training.scale_lr == "auto" else training.scale_lr
     )
@@ -194,7 +209,7 @@ def run(
 
         history = train(
             method,
-            dataset,
+            train_data,
             config,
             checkpoint_dir,
             resume=training.resume,

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
+from ssl_core.augment import MultiView, Normalization, ViewConfig, ViewSpec, pil_view
+from ssl_core.batch_augment import BatchViews
 
 if TYPE_CHECKING:
     from ssl_core.backbones import Backbone
@@ -66,6 +67,8 @@ class SSLMethod(nn.Module):
     num_views: int = 2
     frozen_prefixes: tuple[str, ...] = ()
     gradient_clip_norm: float | None = None
+    # Some trainable parameters get no gradient on some steps (the engine then avoids fused SGD).
+    skips_gradients: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
         super().__init__()
@@ -115,9 +118,17 @@ class SSLMethod(nn.Module):
         unless ``settings`` (any :class:`ViewConfig` field) say otherwise."""
         return ViewConfig(image_size=image_size, **{"crop_scale": cls.crop_scale, **settings})
 
+    def view_specs(self, view: ViewConfig) -> list[ViewSpec]:
+        """The views :meth:`training_step` trains on: ``num_views`` random views drawn by ``view``."""
+        return [view.spec()] * self.num_views
+
     def train_transform(self, view: ViewConfig, normalization: Normalization) -> MultiView:
-        """The views :meth:`training_step` trains on: ``num_views`` random views of each image."""
-        return MultiView([view_transform(view, normalization)] * self.num_views)
+        """:meth:`view_specs` rendered per PIL image (the DataLoader path)."""
+        return MultiView([pil_view(spec, normalization) for spec in self.view_specs(view)])
+
+    def batch_transform(self, view: ViewConfig, normalization: Normalization) -> BatchViews:
+        """:meth:`view_specs` rendered for a uint8 batch on the device (:class:`~ssl_core.device_data.DeviceImages`)."""
+        return BatchViews(self.view_specs(view), normalization)
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         """Loss of one batch; ``views`` holds num_views tensors of shape (B, 3, H, W)."""

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from ssl_core.augment import MultiView, Normalization, ViewConfig
+from ssl_core.augment import ViewConfig, ViewSpec
 from ssl_core.losses.dino import DINOLoss, next_center, softmax_center_teacher
 from ssl_core.methods.base import SSLMethod, StepOutput
 from ssl_core.methods.recipes import DINOConfig
 from ssl_core.momentum import cosine_momentum, ema_update, frozen_copy
-from ssl_core.multicrop import multicrop_transform
+from ssl_core.multicrop import multicrop_specs
 
 
 def teacher_temperature_at(step: int, total_steps: int, warmup: float, final: float, warmup_fraction: float) -> float:
@@ -99,7 +99,7 @@ def features_by_resolution(backbone: nn.Module, views: list[torch.Tensor]) -> to
 class DINO(SSLMethod):
     """Student backbone + DINO head, distilled from their EMA teacher.
 
-    ``views`` are the output of :meth:`train_transform`, DINO's multi-crop: two
+    ``views`` follow :meth:`view_specs`, DINO's multi-crop: two
     global crops, then ``config.multicrop.num_local_crops`` local crops. The teacher
     and the center are state of the run and are checkpointed (no ``frozen_prefixes``).
 
@@ -110,6 +110,7 @@ class DINO(SSLMethod):
     """
 
     recipe = DINOConfig
+    skips_gradients = True  # the last layer, frozen for the first steps
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: DINOConfig = DINOConfig()) -> None:
         super().__init__(backbone, feature_dim)
@@ -126,13 +127,13 @@ class DINO(SSLMethod):
         self.teacher_temperature = config.warmup_teacher_temperature
         self.momentum = config.base_momentum
 
-    def train_transform(self, view: ViewConfig, normalization: Normalization) -> MultiView:
+    def view_specs(self, view: ViewConfig) -> list[ViewSpec]:
         """Multi-crop views (``config.multicrop``) with global crops of ``view.image_size``.
 
         Only the image size is taken from ``view``: DINO's crops, jitter, blur and
         solarization are its own recipe's.
         """
-        return multicrop_transform(self.config.multicrop, view.image_size, normalization)
+        return multicrop_specs(self.config.multicrop, view.image_size)
 
     def before_step(self, step: int, total_steps: int) -> None:
         c = self.config
@@ -168,7 +169,7 @@ class DINO(SSLMethod):
         if len(views) != self.num_views:
             raise ValueError(
                 f"DINO expects {self.num_views} views (2 global + {self.config.multicrop.num_local_crops} local), "
-                f"got {len(views)}; build them with DINO.train_transform"
+                f"got {len(views)}; build them from DINO.view_specs"
             )
         batch_size = views[0].shape[0]
         teacher_logits = self.forward_teacher(views[:2])  # (2B, K)

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (10 minutes at most): what the GPU tables need, in order of value.
+#
+#   1. the machine: GPU, driver, torch and torchvision versions;
+#   2. the DataLoader/PIL path for one SimCLR epoch: the baseline the fast path is measured against;
+#   3. every method for 2 epochs on the device path: images/s, epoch time, kNN time, peak memory;
+#   4. SimCLR with torch.compile for 2 epochs: what compiling gives;
+#   5. SimCLR for as many epochs as the time left allows, kNN after every epoch.
+#
+# Each stage has its own timeout, so a slow or failing stage leaves the later ones their time, and
+# every stage's results.json/results.md are packed into $OUT/results.tar.gz as soon as it ends.
+# Usage, from the repository root (CIFAR-10's archive in $DATASETS):
+#   OUT=/tmp/out DATASETS=.data bash benchmarks/gpu_session.sh
+set -u
+OUT=${OUT:?set OUT to the folder for the results}
+DATASETS=${DATASETS:-../shared/datasets}
+BUDGET_S=${BUDGET_S:-560}      # the whole script, seconds
+WORKERS=${WORKERS:-14}
+EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 --device cpu" for a smoke run
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # ssl_core, uninstalled on a bare machine
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+started=$(date +%s)
+results=/tmp/gpu-session-results
+rm -rf "$results" && mkdir -p "$results" "$OUT"
+
+left() { echo $((BUDGET_S - ($(date +%s) - started))); }
+pack() { tar -czf "$OUT/results.tar.gz" -C "$results" . ; }
+bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $results/NAME
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (timeout ${limit}s, $(left)s left)"
+  # Each stage its own checkpoints (same fingerprints otherwise), one extraction of the archive for all.
+  mkdir -p "/tmp/gpu-session-work/$name/cifar10" /tmp/gpu-session-data
+  ln -sfn /tmp/gpu-session-data "/tmp/gpu-session-work/$name/cifar10/data"
+  # shellcheck disable=SC2086
+  timeout "$limit" "$PY" benchmarks/lightly_benchmark.py --dataset cifar10 --datasets "$DATASETS" \
+    --num-workers "$WORKERS" --work-dir "/tmp/gpu-session-work/$name" --out "$results/$name" $EXTRA "$@"
+  echo "== $name exit $? after $(( $(date +%s) - started ))s"
+  pack
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+  "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+  nproc
+} > "$results/machine.txt" 2>&1
+cat "$results/machine.txt"
+
+[ -n "${SKIP_PIL:-}" ] || bench gpu-cifar10-pil-1epoch 110 --loader pil --methods simclr --epochs 1
+bench gpu-cifar10-device-2epoch 220 --loader device --methods all --epochs 2
+bench gpu-cifar10-device-compile-2epoch 100 --loader device --methods simclr --epochs 2 --compile
+
+# The long run: as many epochs as fit in the time left, from stage 3's SimCLR epoch and kNN times.
+epochs=$("$PY" - "$results/gpu-cifar10-device-2epoch/results.json" "$(left)" <<'PY'
+import json, sys
+try:
+    runs = {r["method"]: r for r in json.load(open(sys.argv[1]))["results"]}
+    simclr = runs["simclr"]
+    per_epoch = simclr["train_seconds"] / simclr["epochs"] + (simclr["mean_eval_seconds"] or 0)
+    # 40 s for start-up (decoding, random-init evaluation) and saving; 10% margin.
+    print(max(1, int((int(sys.argv[2]) - 40) * 0.9 / per_epoch)))
+except Exception as error:  # stage 3 failed: no long run
+    print(0)
+    print(f"no long run: {error!r}", file=sys.stderr)
+PY
+)
+if [ "$epochs" -gt 0 ]; then
+  bench "gpu-cifar10-device-simclr-${epochs}epoch" $(( $(left) - 5 )) --loader device --methods simclr --epochs "$epochs"
+fi
+echo "done after $(( $(date +%s) - started ))s"

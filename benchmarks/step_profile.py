@@ -1,0 +1,115 @@
+"""Where a training step's time goes on the device path: augmentation against the model step.
+
+    python benchmarks/step_profile.py --out benchmarks/results/gpu-h200-step-profile
+
+On random uint8 images already on the device (50,000 of CIFAR-10's size), times
+with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
+
+- rendering SimCLR's two views of a batch (:class:`ssl_core.batch_augment.BatchViews`);
+- one SimCLR optimizer step (bf16 autocast, channels_last, fused SGD on a GPU) on those views;
+- the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it.
+
+Writes ``results.json`` and ``results.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ssl_core.augment import Normalization, ViewConfig
+from ssl_core.backbones import build_backbone
+from ssl_core.batch_augment import BatchViews
+from ssl_core.methods.factory import build_method
+from ssl_core.precision import autocast, resolve_device
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, calls: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / calls
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    views_of = BatchViews([ViewConfig().spec()] * 2, Normalization())
+    batch = images[torch.randperm(len(images), device=device)[: args.batch_size]]
+    augment = seconds_per_call(lambda: views_of(batch, generator), device, args.calls)
+
+    method = build_method("simclr", build_backbone("resnet18_cifar", 32), None)
+    method.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9, fused=device.type == "cuda" or None)
+
+    def step_on(views: list[torch.Tensor]) -> Callable[[], None]:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+
+        def step() -> None:
+            with autocast(device, "bf16-mixed"):
+                loss = method.training_step(views).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "augment_ms": augment * 1e3,
+        "step_ms": step * 1e3,
+        "augment_share": augment / (augment + step),
+    }
+    if args.compile:
+        method.backbone.compile()
+        results["compiled_step_ms"] = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls) * 1e3
+        double = images[torch.randperm(len(images), device=device)[: 2 * args.batch_size]]
+        results["compiled_step_double_batch_ms"] = (
+            seconds_per_call(step_on(views_of(double, generator)), device, args.calls // 2) * 1e3
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        f"# Step profile ({results['device']}, torch {results['torch']})",
+        "",
+        "| what | ms per call | images/s |",
+        "|---|---|---|",
+        f"| 2 SimCLR views of {args.batch_size} images | {augment * 1e3:.2f} | {args.batch_size / augment:,.0f} |",
+        f"| SimCLR step, {args.batch_size} images | {step * 1e3:.2f} | {args.batch_size / step:,.0f} |",
+    ]
+    if args.compile:
+        compiled, double_ms = results["compiled_step_ms"], results["compiled_step_double_batch_ms"]
+        lines += [
+            f"| compiled step, {args.batch_size} images | {compiled:.2f} | {args.batch_size / compiled * 1e3:,.0f} |",
+            f"| compiled step, {2 * args.batch_size} images | {double_ms:.2f} | "
+            f"{2 * args.batch_size / double_ms * 1e3:,.0f} |",
+        ]
+    lines += ["", f"Augmentation is {results['augment_share']:.0%} of an uncompiled step's time."]
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

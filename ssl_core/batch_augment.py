@@ -1,0 +1,231 @@
+"""Random views of a whole batch at once, on the device, with random parameters drawn per image.
+
+:class:`BatchViews` renders the same :class:`~ssl_core.augment.ViewSpec` as
+:func:`~ssl_core.augment.pil_view`, but for a (B, 3, H, W) uint8 batch in a handful
+of tensor operations instead of B PIL pipelines on the host. Every random choice
+follows torchvision's per-image law, drawn independently for every image (batched
+v2 transforms and some GPU libraries draw once per batch, or share the color-jitter
+order across it):
+
+- random resized crop: ``RandomResizedCrop.get_params``' law (area fraction in
+  ``crop_scale``, log-uniform aspect ratio in (3/4, 4/3), 10 tries, then the whole
+  image), resampled with ``roi_align``, which averages ``ceil(crop/size)`` bilinear
+  samples per output pixel and so antialiases downscaling;
+- horizontal flip;
+- color jitter applied with ``jitter_prob``: brightness, contrast and saturation
+  factors uniform in ``[max(0, 1 - x), 1 + x]``, hue shift uniform in
+  ``[-h, h]``, in an order drawn per image (``ColorJitter``'s ``randperm(4)``);
+- grayscale, Gaussian blur (sigma uniform in [0.1, 2], reflect padding), solarization.
+
+Known differences from the PIL path: it works on floats, so nothing is rounded to
+uint8 between the steps, and crops are resized bilinearly even where the spec asks
+for bicubic (DINO's crops). ``tests/ssl_core/test_batch_augment.py`` compares the
+distributions of per-image statistics of both on real images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from ssl_core.augment import BLUR_SIGMA, SOLARIZE_THRESHOLD, Normalization, ViewSpec
+
+# torchvision's RandomResizedCrop defaults.
+CROP_RATIO = (3 / 4, 4 / 3)
+CROP_TRIES = 10
+# ITU-R 601-2 luma, as torchvision's rgb_to_grayscale and PIL's convert("L").
+LUMA = (0.299, 0.587, 0.114)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+def uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform draws in [low, high) on the generator's device."""
+    return torch.rand(shape, generator=generator, device=generator.device) * (high - low) + low
+
+
+def bernoulli(count: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """(count,) booleans, each True with probability ``p`` (as ``torch.rand(1) < p`` in torchvision)."""
+    return torch.rand(count, generator=generator, device=generator.device) < p
+
+
+def crop_boxes(
+    count: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
+    """(count, 4) crop boxes ``(top, left, height, width)`` drawn by RandomResizedCrop's law, one per image.
+
+    All ``CROP_TRIES`` tries are drawn at once; each image keeps its first one that
+    fits, and an image with none gets the whole image (its aspect ratio, 1 for
+    the square images stored here, lies inside ``CROP_RATIO``).
+    """
+    area = height * width
+    target_area = area * uniform((count, CROP_TRIES), scale[0], scale[1], generator)
+    log_ratio = uniform((count, CROP_TRIES), math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), generator)
+    ratio = log_ratio.exp()
+    crop_w = (target_area * ratio).sqrt().round()
+    crop_h = (target_area / ratio).sqrt().round()
+    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # index of the first try that fits (0 if none)
+    any_fits = fits.any(dim=1)
+    crop_w = torch.where(
+        any_fits, crop_w.gather(1, first).squeeze(1), torch.full_like(any_fits, width, dtype=ratio.dtype)
+    )
+    crop_h = torch.where(
+        any_fits, crop_h.gather(1, first).squeeze(1), torch.full_like(any_fits, height, dtype=ratio.dtype)
+    )
+    # torch.randint(0, n + 1) per image, as a floor of a uniform draw.
+    top = (torch.rand(count, generator=generator, device=generator.device) * (height - crop_h + 1)).floor()
+    left = (torch.rand(count, generator=generator, device=generator.device) * (width - crop_w + 1)).floor()
+    return torch.stack([top, left, crop_h, crop_w], dim=1)
+
+
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image's box resized to ``size`` x ``size``: (B, C, H, W) float -> (B, C, size, size)."""
+    top, left, crop_h, crop_w = boxes.unbind(dim=1)
+    index = torch.arange(len(images), device=images.device, dtype=images.dtype)
+    # roi_align boxes are (index, x1, y1, x2, y2) in pixel edges; aligned=True samples pixel centers,
+    # as F.interpolate(align_corners=False) does.
+    rois = torch.stack([index, left, top, left + crop_w, top + crop_h], dim=1).to(images.dtype)
+    return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+    r, g, b = images.unbind(dim=1)
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
+
+
+def blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``factor * images + (1 - factor) * other``, clamped to [0, 1], with a (B,) ``factor``."""
+    factor = factor.view(-1, 1, 1, 1)
+    return (factor * images + (1 - factor) * other).clamp(0, 1)
+
+
+def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV with hue in [0, 1)."""
+    r, g, b = images.unbind(dim=1)
+    max_c, _ = images.max(dim=1)
+    min_c, _ = images.min(dim=1)
+    delta = max_c - min_c
+    safe_delta = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hue = torch.where(
+        max_c == r,
+        ((g - b) / safe_delta) % 6,
+        torch.where(max_c == g, (b - r) / safe_delta + 2, (r - g) / safe_delta + 4),
+    )
+    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue)) % 1.0
+    saturation = torch.where(
+        max_c > 0, delta / torch.where(max_c > 0, max_c, torch.ones_like(max_c)), torch.zeros_like(max_c)
+    )
+    return torch.stack([hue, saturation, max_c], dim=1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    hue, saturation, value = hsv.unbind(dim=1)
+    # f(n) = v - v s max(0, min(k, 4 - k, 1)), k = (n + 6 h) mod 6, for n = 5, 3, 1 (R, G, B).
+    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    k = (n + 6 * hue.unsqueeze(1)) % 6
+    weight = torch.minimum(k, 4 - k).clamp(0, 1)
+    return value.unsqueeze(1) - (value * saturation).unsqueeze(1) * weight
+
+
+def shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotates each image's hue by its ``shift`` (a fraction of the color wheel, (B,))."""
+    hsv = rgb_to_hsv(images)
+    hue = (hsv[:, 0] + shift.view(-1, 1, 1)) % 1.0
+    return hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
+
+
+def color_jitter(
+    images: torch.Tensor, strengths: tuple[float, float, float, float], p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """torchvision's ``RandomApply([ColorJitter(*strengths)], p)``, with factors and order drawn per image.
+
+    An image left alone gets the identity factor (1, or a hue shift of 0) for every
+    operation, which leaves its pixels exactly unchanged, so the whole batch takes
+    the same four steps.
+    """
+    count = len(images)
+    applied = bernoulli(count, p, generator)
+    order = torch.rand((count, 4), generator=generator, device=generator.device).argsort(dim=1)  # randperm(4) per image
+    factors = []
+    for strength in strengths[:3]:
+        factors.append(uniform((count,), max(0.0, 1 - strength), 1 + strength, generator))
+    hue_shift = uniform((count,), -strengths[3], strengths[3], generator)
+    for position in range(4):
+        operation = order[:, position]
+        for op, factor in zip((BRIGHTNESS, CONTRAST, SATURATION), factors, strict=True):
+            if strengths[op] == 0:
+                continue
+            chosen = applied & (operation == op)
+            factor = torch.where(chosen, factor, torch.ones_like(factor))
+            if op == BRIGHTNESS:
+                images = blend(images, torch.zeros_like(images), factor)
+            elif op == CONTRAST:
+                images = blend(images, grayscale(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+            else:
+                images = blend(images, grayscale(images), factor)
+        if strengths[HUE] > 0:
+            chosen = (applied & (operation == HUE)).view(-1, 1, 1, 1)
+            images = torch.where(chosen, shift_hue(images, hue_shift), images)
+    return images
+
+
+def gaussian_blur(images: torch.Tensor, kernel_size: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's ``RandomApply([GaussianBlur(kernel_size, BLUR_SIGMA)], p)`` with sigma drawn per image."""
+    count, channels, height, width = images.shape
+    blurred = bernoulli(count, p, generator)
+    sigma = uniform((count,), *BLUR_SIGMA, generator)
+    offsets = torch.arange(kernel_size, device=images.device, dtype=images.dtype) - (kernel_size - 1) / 2
+    kernels = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B C, k)
+    pad = kernel_size // 2
+    # Separable blur as grouped convolutions, one group per image channel.
+    flat = F.pad(images.reshape(1, count * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    flat = F.conv2d(flat, kernels.view(-1, 1, 1, kernel_size), groups=count * channels)
+    flat = F.conv2d(flat, kernels.view(-1, 1, kernel_size, 1), groups=count * channels)
+    return torch.where(blurred.view(-1, 1, 1, 1), flat.view(count, channels, height, width), images)
+
+
+def render_view(images: torch.Tensor, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:
+    """One random view of every image of a (B, 3, H, W) uint8 batch, as floats in [0, 1] (not normalized)."""
+    count, _, height, width = images.shape
+    pixels = images.float() / 255
+    views = resized_crops(pixels, crop_boxes(count, height, width, spec.crop_scale, generator), spec.size)
+    flipped = bernoulli(count, spec.flip_prob, generator).view(-1, 1, 1, 1)
+    views = torch.where(flipped, views.flip(-1), views)
+    if spec.has_jitter:
+        views = color_jitter(views, spec.jitter, spec.jitter_prob, generator)
+    if spec.grayscale_prob > 0:
+        gray = bernoulli(count, spec.grayscale_prob, generator).view(-1, 1, 1, 1)
+        views = torch.where(gray, grayscale(views).expand_as(views), views)
+    if spec.blur_prob > 0:
+        views = gaussian_blur(views, spec.blur_kernel_size, spec.blur_prob, generator)
+    if spec.solarize_prob > 0:
+        solarized = bernoulli(count, spec.solarize_prob, generator).view(-1, 1, 1, 1)
+        views = torch.where(solarized & (views >= SOLARIZE_THRESHOLD / 255), 1 - views, views)
+    return views
+
+
+class BatchViews:
+    """Random views of every image of a uint8 batch, normalized: a batched :class:`~ssl_core.augment.MultiView`.
+
+    Args:
+        specs: one :class:`ViewSpec` per view, in the order the method expects them.
+        normalization: mean and std applied to the [0, 1] pixels.
+    """
+
+    def __init__(self, specs: list[ViewSpec], normalization: Normalization) -> None:
+        if not specs:
+            raise ValueError("BatchViews needs at least one view spec.")
+        self.specs = list(specs)
+        self.normalization = normalization
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """(B, 3, H, W) uint8 on the generator's device -> one (B, 3, s, s) float tensor per spec."""
+        mean = torch.tensor(self.normalization.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.normalization.std, device=images.device).view(1, 3, 1, 1)
+        return [(render_view(images, spec, generator) - mean) / std for spec in self.specs]

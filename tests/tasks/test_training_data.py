@@ -1,0 +1,88 @@
+"""The pretrain stage picks its data path by device: PIL views on a CPU, decoded images and
+batched views (``DeviceImages``) on a GPU, with no setting of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from ssl_core import device_data
+from ssl_core.augment import MultiView
+from ssl_core.data import ManifestDataset
+from ssl_core.device_data import DeviceImages, fast_path_applies
+from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
+from tasks import pretrain
+from tasks.params import parse_params
+
+NUM_IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of 12 random 40x36 images in a manifest: non-square, so the decoded copy is cropped."""
+    root = tmp_path_factory.mktemp("ingested")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(NUM_IMAGES):
+        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        records.append(ManifestRecord(f"images/{i}.png", "0" * 64, None, "train", 40, 36))
+    write_manifest(records, root / MANIFEST_NAME)
+    return root
+
+
+class Captured(Exception):
+    """Raised by the stand-in engine with what pretrain handed it."""
+
+
+def data_handed_to_the_engine(method: str, ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def capture(method, data, config, *args, **kwargs):
+        raise Captured(data)
+
+    monkeypatch.setattr(pretrain, "train", capture)
+    params = parse_params(
+        {"pretrain": {"method": method, "backbone": "resnet18_cifar", "batch_size": 4, "device": "cpu"}}
+    )
+    with pytest.raises(Captured) as captured:
+        pretrain.run(params.pretrain, params.data, ingested, tmp_path / "out", tmp_path / "ckpt")
+    return captured.value.args[0]
+
+
+def test_a_cpu_trains_on_pil_views(ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = data_handed_to_the_engine("simclr", ingested, tmp_path, monkeypatch)
+    assert isinstance(data, ManifestDataset)
+    assert isinstance(data.transform, MultiView)
+    views, _label = data[0]
+    assert [tuple(v.shape) for v in views] == [(3, 32, 32), (3, 32, 32)]
+
+
+@pytest.mark.parametrize(("method", "sizes"), [("simclr", [32, 32]), ("dino", [32, 32] + [16] * 6)])
+def test_the_fast_path_decodes_once_and_renders_the_methods_views(
+    method: str, sizes: list[int], ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stands in for a GPU: the decision is the only thing that differs there.
+    monkeypatch.setattr(pretrain, "fast_path_applies", lambda *args: True)
+    data = data_handed_to_the_engine(method, ingested, tmp_path, monkeypatch)
+    assert isinstance(data, DeviceImages)
+    assert data.images.shape == (NUM_IMAGES, 3, 32, 32) and data.images.dtype == torch.uint8
+    # Short side 36 -> 32, then the central 32 x 32: the eval transform's square.
+    square = T.Compose([T.Resize(32), T.CenterCrop(32), T.PILToTensor()])
+    assert torch.equal(data.images[0], square(ManifestDataset(ingested, ["train"]).load_image(0)))
+    generator = torch.Generator().manual_seed(0)
+    batch = next(data.batches(4, generator, torch.device("cpu")))
+    assert [v.shape[-1] for v in batch] == sizes
+    assert all(v.shape[:2] == (4, 3) for v in batch)
+
+
+def test_fast_path_only_on_a_gpu_and_only_when_the_images_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")  # a device object only: nothing here touches a GPU
+    assert not fast_path_applies(1000, 32, torch.device("cpu"))
+    assert fast_path_applies(50_000, 32, cuda)
+    monkeypatch.setattr(device_data, "host_memory_bytes", lambda: 8 * 2**30)
+    assert fast_path_applies(50_000, 32, cuda)  # CIFAR-10: 154 MB
+    assert not fast_path_applies(1_281_167, 224, cuda)  # ImageNet at 224 px: 193 GB
