@@ -112,20 +112,39 @@ class DeviceImages:
         return self
 
     def batches(
-        self, batch_size: int, generator: torch.Generator, device: torch.device
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        device: torch.device,
+        shard: tuple[int, int] = (0, 1),
+        views_generator: torch.Generator | None = None,
     ) -> Iterator[list[torch.Tensor]]:
-        """One epoch: ``len // batch_size`` batches (drop_last) in a random order, each rendered as views.
+        """One epoch: batches of ``batch_size`` images (drop_last) in a random order, each rendered as views.
 
-        The order and every random view come from ``generator`` (on ``device``), so an
-        epoch repeats exactly from the generator's seed.
+        The order comes from ``generator`` (on ``device``), and so do the views unless
+        ``views_generator`` is given, so an epoch repeats exactly from the seeds.
+        ``shard=(rank, world_size)``: every rank draws the same order from the same
+        seed and takes every ``world_size``-th image of it, as DistributedSampler does
+        (the last ``len % world_size`` images sit the epoch out, so all ranks run as
+        many steps); each rank should then render its views from a generator of its own.
+
+        Raises:
+            ValueError: when :attr:`views` is not set.
         """
         if self.views is None:
             raise ValueError("DeviceImages.views is not set: give it the method's BatchViews before training.")
+        rank, world_size = shard
         order = torch.randperm(len(self), generator=generator, device=device)
+        order = order[rank : len(order) - len(order) % world_size : world_size]
+        return self._rendered(order, batch_size, views_generator or generator, device)
+
+    def _rendered(
+        self, order: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> Iterator[list[torch.Tensor]]:
         on_host = self.images.device.type != device.type
         if on_host:
             order = order.cpu()
-        for start in range(0, len(self) - batch_size + 1, batch_size):
+        for start in range(0, len(order) - batch_size + 1, batch_size):
             batch = self.images[order[start : start + batch_size]]
             if on_host:
                 batch = batch.pin_memory().to(device, non_blocking=True)

@@ -10,7 +10,23 @@ Two ways to feed it: a Dataset whose transform draws each view with PIL on the h
 (the DataLoader path), or :class:`~ssl_core.device_data.DeviceImages`, decoded once
 and augmented a batch at a time on the device (the GPU's fast path).
 
-Single GPU or CPU here; multi-GPU scale-out is torchrun + DDP, not this loop.
+Several GPUs: launch one process per GPU with torchrun, and have each call this same
+function after setting up its process group::
+
+    torchrun --nproc_per_node=4 <the pipeline's entry point> ...
+
+    # in each process, before train():
+    local_rank = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local_rank)
+    torch.distributed.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+
+The engine only uses a group it finds initialized (and with more than one process):
+the method is wrapped in DistributedDataParallel, which averages the gradients; each
+rank trains on its own share of every epoch, ``batch_size`` images per step (the
+global batch is ``batch_size * world_size``); the losses take their batch statistics
+and negatives over all ranks (:mod:`ssl_core.distributed`); rank 0 writes the
+checkpoints into the ``checkpoint_dir`` every rank reads (a shared file system when
+the ranks span machines). Without a group, or with one process, nothing of this runs.
 """
 
 from __future__ import annotations
@@ -19,17 +35,29 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ssl_core.device_data import DeviceImages
+from ssl_core.distributed import (
+    all_reduce_mean_,
+    average_running_stats_,
+    barrier,
+    data_parallel,
+    is_distributed,
+    process_device,
+    rank,
+    rank_seed,
+    world_size,
+)
 from ssl_core.methods.base import SSLMethod
-from ssl_core.precision import autocast, resolve_device, seed_everything
+from ssl_core.precision import autocast, seed_everything
 from ssl_core.schedules import cosine_schedule
 
 logger = logging.getLogger(__name__)
@@ -47,8 +75,10 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the dataset.
-        batch_size: images per step (drop_last; reduced to the dataset size if larger).
-        lr: peak learning rate (already scaled for the batch size by the caller).
+        batch_size: images per step *per process* (per GPU): the global batch is
+            ``batch_size * world_size`` (drop_last; reduced to a process's share of the
+            dataset if larger).
+        lr: peak learning rate (already scaled by the caller for the global batch).
         momentum, weight_decay: SGD settings.
         warmup_epochs: linear warm-up before the cosine decay.
         seed: seeds weights, data order and augmentations.
@@ -59,6 +89,9 @@ class TrainConfig:
             throughput for the CIFAR ResNet-18 with bf16 on a 2-core CPU; the usual
             advice for mixed precision on GPUs too).
         compile: ``torch.compile`` the backbone (slow to start; pays on long runs).
+        sync_batchnorm: on several GPUs, BatchNorm statistics over the global batch
+            (``SyncBatchNorm``) rather than each GPU's; one all-reduce per BN layer and
+            forward. Ignored on a single process; CUDA only.
     """
 
     epochs: int
@@ -73,6 +106,7 @@ class TrainConfig:
     num_workers: int = 0
     channels_last: bool = True
     compile: bool = False
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -101,8 +135,13 @@ class StepInfo:
     epoch: int
     step_in_epoch: int
     steps_per_epoch: int
-    loss: float
+    loss_tensor: torch.Tensor
     lr: float
+
+    @property
+    def loss(self) -> float:
+        """The step's loss; reading it waits for the GPU, so callbacks read it only when they use it."""
+        return self.loss_tensor.item()
 
 
 def train(
@@ -125,22 +164,43 @@ def train(
     ``on_epoch_end`` runs after each epoch's checkpoint is written (per-epoch kNN in
     the benchmarks); the method is in train mode again when it returns.
 
+    On several processes (see the module docstring) every rank calls it alike: the
+    callbacks run on every rank, ``on_step`` with the rank's own loss and the epoch
+    statistics with the mean over the ranks; only rank 0 writes the checkpoint.
+
     Raises:
-        ValueError: if the dataset is empty.
+        ValueError: if the dataset is empty, has fewer images than there are
+            processes, or if ``sync_batchnorm`` is asked of processes without CUDA.
     """
     if len(dataset) == 0:
         raise ValueError("The training dataset is empty: check the ingest report for quarantined files.")
-    device = resolve_device(config.device)
-    batch_size = min(config.batch_size, len(dataset))
+    device = process_device(config.device)
+    world = world_size()
+    # Every rank trains on as many images (drop_last), so that all run as many steps.
+    images_per_process = len(dataset) // world
+    if images_per_process == 0:
+        raise ValueError(f"{len(dataset)} training images cannot be shared among {world} processes.")
+    if config.sync_batchnorm and is_distributed() and device.type != "cuda":
+        raise ValueError(
+            f"sync_batchnorm needs CUDA devices (SyncBatchNorm does not run on {device.type}); set it false."
+        )
+    batch_size = min(config.batch_size, images_per_process)
     if batch_size < config.batch_size:
         logger.warning(
-            "Dataset has %d images, fewer than batch_size=%d; using %d.", len(dataset), config.batch_size, batch_size
+            "Dataset has %d images (%d per process), fewer than batch_size=%d; using %d.",
+            len(dataset),
+            images_per_process,
+            config.batch_size,
+            batch_size,
         )
-    steps_per_epoch = len(dataset) // batch_size
+    steps_per_epoch = images_per_process // batch_size
     lr_schedule = cosine_schedule(config.lr, config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch)
 
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     method.to(device, memory_format=memory_format)
+    if config.sync_batchnorm and is_distributed():
+        # In place: BatchNorm children become SyncBatchNorm around the same tensors; the state dict keeps its keys.
+        nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if config.compile:
         method.backbone.compile()  # in place: the state dict keeps its keys
     optimizer = torch.optim.SGD(
@@ -162,28 +222,25 @@ def train(
             start_epoch, history = _restore(state, method, optimizer)
             history.resumed_from_epoch = start_epoch
             logger.info("Resuming from %s after epoch %d.", checkpoint_path, start_epoch)
+            if state.get("world_size", 1) != world:
+                logger.warning(
+                    "%s was written by a run of %d processes, resumed on %d: the data order and the global batch "
+                    "change, so the weights will differ from those of an uninterrupted run.",
+                    checkpoint_path,
+                    state.get("world_size", 1),
+                    world,
+                )
         else:
             logger.info("Ignoring %s: it belongs to a run with other data or settings.", checkpoint_path)
+    model = data_parallel(method, device)
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         epoch_seed = config.seed * 1_000_003 + epoch
-        generator = seed_everything(epoch_seed)
-        if isinstance(dataset, DeviceImages):
-            device_generator = torch.Generator(device=device).manual_seed(epoch_seed)
-            loader = ((views, None) for views in dataset.batches(batch_size, device_generator, device))
-        else:
-            loader = DataLoader(
-                dataset,
-                batch_size=batch_size,
-                shuffle=True,
-                drop_last=True,
-                num_workers=config.num_workers,
-                generator=generator,
-                persistent_workers=False,
-                pin_memory=device.type == "cuda",
-            )
-        method.train()
+        # Each rank augments with a stream of its own; rank 0, like a single process, with epoch_seed's.
+        generator = seed_everything(rank_seed(epoch_seed))
+        loader = _epoch_batches(dataset, batch_size, config, epoch, epoch_seed, generator, device)
+        model.train()
         loss_sum = torch.zeros((), device=device)
         std_sum = torch.zeros((), device=device)
         for step, (views, _labels) in enumerate(loader):
@@ -194,7 +251,7 @@ def train(
             views = [v.to(device, memory_format=memory_format, non_blocking=True) for v in views]
             method.before_step(global_step, len(lr_schedule))
             with autocast(device, config.precision):
-                output = method.training_step(views)
+                output = model(views)  # through DDP on several processes: its backward averages the gradients
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             if method.gradient_clip_norm is not None:
@@ -204,8 +261,10 @@ def train(
             loss_sum += output.loss.detach()
             std_sum += F.normalize(output.features.float(), dim=1).std(dim=0).mean()
             if on_step is not None:
-                # .item() syncs with the GPU; only pay it when someone listens.
-                on_step(StepInfo(epoch, step, steps_per_epoch, output.loss.item(), lr))
+                on_step(StepInfo(epoch, step, steps_per_epoch, output.loss.detach(), lr))
+        # The means over all ranks: every rank logs, records and decides (a non-finite loss) alike.
+        all_reduce_mean_(loss_sum)
+        all_reduce_mean_(std_sum)
         mean_loss = (loss_sum / steps_per_epoch).item()
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"Loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate.")
@@ -225,10 +284,52 @@ def train(
         )
         if stats.collapsed:
             logger.warning("Embeddings collapsed in epoch %d (std %.2e).", epoch + 1, embedding_std)
-        _save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
+        # Each rank's BatchNorm layers tracked its own batches: the checkpoint gets their mean, and every
+        # rank goes on from it, as a resumed run would.
+        average_running_stats_(method)
+        if rank() == 0:
+            _save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
+        barrier(device)  # no rank goes on, or returns, before the checkpoint is complete
         if on_epoch_end is not None:
             on_epoch_end(stats)
     return history
+
+
+def _epoch_batches(
+    dataset: Dataset | DeviceImages,
+    batch_size: int,
+    config: TrainConfig,
+    epoch: int,
+    epoch_seed: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Iterable[tuple[list[torch.Tensor], torch.Tensor | None]]:
+    """This process's (views, labels) batches of one epoch; labels are None for DeviceImages.
+
+    On several processes every rank shuffles the dataset alike, from the epoch's seed,
+    and takes every ``world_size``-th image of the order (DistributedSampler's shards).
+    """
+    if isinstance(dataset, DeviceImages):
+        order = torch.Generator(device=device).manual_seed(epoch_seed)  # the same on every rank
+        # Rank 0 draws its views on from the order's stream, as a single process does; the others from their own.
+        views = None if rank() == 0 else torch.Generator(device=device).manual_seed(rank_seed(epoch_seed))
+        batches = dataset.batches(batch_size, order, device, shard=(rank(), world_size()), views_generator=views)
+        return ((views, None) for views in batches)
+    sampler = None
+    if is_distributed():
+        sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed, drop_last=True)
+        sampler.set_epoch(epoch)  # the order of (seed, epoch), the same on every rank
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=config.num_workers,
+        generator=generator,  # the workers' seeds: the rank's own stream
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def _save_checkpoint(
@@ -243,6 +344,7 @@ def _save_checkpoint(
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
+        "world_size": world_size(),  # a resume on another number of processes is not exact
         "method": method.checkpoint_state(),
         "optimizer": optimizer.state_dict(),
         "history": history.to_dict(),

@@ -197,7 +197,8 @@ def run(
 
         def on_step(info: StepInfo) -> None:
             bar.n = info.epoch * info.steps_per_epoch + info.step_in_epoch + 1
-            bar.set_postfix(epoch=info.epoch + 1, loss=f"{info.loss:.3f}", lr=f"{info.lr:.3g}", refresh=False)
+            if bar.n % training.monitor.log_every_steps == 0:  # reading the loss waits for a GPU: not every step
+                bar.set_postfix(epoch=info.epoch + 1, loss=f"{info.loss:.3f}", lr=f"{info.lr:.3g}", refresh=False)
             bar.refresh()
             live.on_step(info)
 

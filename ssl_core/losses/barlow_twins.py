@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssl_core.distributed import gather_with_grad
+
 # BatchNorm1d's default eps: the official code standardizes with BatchNorm1d(affine=False).
 STANDARDIZE_EPS = 1e-5
 
@@ -25,7 +27,17 @@ class BarlowTwinsLoss(nn.Module):
     official code (``BatchNorm1d(affine=False)``) and lightly do; the paper's
     pseudo-code writes ``torch.std``, which is unbiased and so scales C by n / (n - 1).
 
-    Letters: n = batch size, d = embedding dim.
+    On several processes (DDP) the batch is the global one: the embeddings of all
+    ranks are gathered with their gradients before the standardization, so C and the
+    loss are those of the concatenated batch, the same on every rank. The official
+    code (facebookresearch/barlowtwins, main.py) computes the same C from SyncBatchNorm
+    statistics and an all-reduce of the per-rank products; lightly's
+    ``gather_distributed`` all-reduces C too but standardizes each rank's batch on its
+    own. Gathering moves w n d numbers per view where the all-reduce moves d^2, and
+    costs each rank w n d^2 operations for C instead of n d^2.
+
+    Letters: n = batch size (on several processes, of one rank), w = number of ranks,
+    d = embedding dim.
 
     Args:
         lambda_: weight of the redundancy-reduction term; 5e-3 in the paper.
@@ -45,10 +57,14 @@ class BarlowTwinsLoss(nn.Module):
         self.lambda_ = lambda_
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        """Loss of (n, d) projections of the two views; symmetric in z0 and z1."""
+        """Loss of (n, d) projections of the two views; symmetric in z0 and z1.
+
+        A collective on several processes: every rank must call it, with the same shapes.
+        """
         if z0.shape != z1.shape:
             raise ValueError(f"z0 and z1 must have the same (n, d) shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
-        n, d = z0.shape
+        z0, z1 = gather_with_grad(z0), gather_with_grad(z1)  # (w n, d) each
+        n, d = z0.shape  # n: the global batch from here on
         if n < 2:
             raise ValueError(f"Barlow Twins standardizes over the batch and needs n >= 2 rows, got n={n}")
         # Out of autocast: in bf16, rounding each of the d^2 entries of C would add a

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.distributed import all_reduce_mean_
+
 
 def softmax_center_teacher(teacher_logits: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
     """Teacher targets: softmax((g_t(x) - C) / tau_t), centered then sharpened.
@@ -33,15 +35,22 @@ def softmax_center_teacher(teacher_logits: torch.Tensor, center: torch.Tensor, t
 def next_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum: float) -> torch.Tensor:
     """C <- m C + (1 - m) mean(teacher outputs), Algorithm 1's center update.
 
+    On several processes (DDP) the mean is over the teacher outputs of all ranks, as
+    in DINO's ``update_center`` (an all-reduce of the batch sums), so every rank keeps
+    the same center, the one a single process would compute on the whole batch. That
+    makes it a collective: every rank must call it, with the same number of rows.
+
     Args:
         center: (1, K) current center.
-        teacher_logits: (N, K) teacher outputs of every global crop of the batch.
+        teacher_logits: (N, K) teacher outputs of every global crop of this rank's batch.
         momentum: m, 0.9 in the paper.
 
     Returns:
         (1, K) new center; ``center`` itself is left untouched.
     """
     batch_center = teacher_logits.detach().float().mean(dim=0, keepdim=True)  # (1, K)
+    # Every rank holds as many rows, so the mean of the ranks' means is the global mean.
+    all_reduce_mean_(batch_center)
     return momentum * center + (1.0 - momentum) * batch_center
 
 

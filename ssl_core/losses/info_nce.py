@@ -20,6 +20,10 @@ class InfoNCELoss(nn.Module):
     The loss is pure: it reads the bank and never writes it. The caller (MoCo)
     enqueues the new keys explicitly once the loss is computed.
 
+    On several processes (DDP) it needs no communication: each rank's queries meet
+    their own keys and the bank, which MoCo keeps equal on all ranks by enqueueing
+    everyone's keys; the mean of the ranks' losses is the loss of the whole batch.
+
     Args:
         temperature: softmax temperature tau; MoCo v2 uses 0.2 on ImageNet, the
             lightly CIFAR-10 benchmark 0.1.

@@ -10,11 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.distributed import gather_with_grad, rank
+
 
 class NTXentLoss(nn.Module):
     """Contrastive loss over two views: each view must find its twin among 2N - 1.
 
-    Letters: n = batch size, d = projection dim.
+    On several processes (DDP) N is the global batch: every rank's anchors meet the
+    other views of all ranks as negatives, gathered with their gradients, as SimCLR
+    does across TPU cores (``tpu_cross_replica_concat``, sec. 2.2 "Training with large
+    batch size") and lightly's ``gather_distributed=True``. Each rank returns the loss
+    of its own 2n anchors; the mean over the ranks is the single-process loss of the
+    concatenated batch, and DDP's gradient averaging makes it the one optimized.
+
+    Letters: n = batch size per rank, w = number of ranks (N = w n), d = projection dim.
 
     Args:
         temperature: softmax temperature tau; SimCLR's CIFAR recipe uses 0.5.
@@ -33,12 +42,19 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the 2n anchors; z0 and z1 are (n, d) projections of two views."""
+        """Mean loss over this rank's 2n anchors; z0 and z1 are (n, d) projections of two views.
+
+        A collective on several processes: every rank must call it, with the same n.
+        """
         n = z0.shape[0]
-        z = F.normalize(torch.cat([z0, z1]).float(), dim=1)  # (2n, d)
-        logits = z @ z.T / self.temperature  # (2n, 2n)
-        # An anchor is never its own negative.
-        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        anchors = F.normalize(torch.cat([z0, z1]).float(), dim=1)  # (2n, d)
+        # Rank r's anchors are rows [2n r, 2n (r + 1)) of the keys: the same tensor on one process.
+        keys = gather_with_grad(anchors)  # (2n w, d)
+        logits = anchors @ keys.T / self.temperature  # (2n, 2n w)
+        offset = 2 * n * rank()
+        # An anchor is never its own negative: anchor i is key offset + i.
+        own_key = torch.eye(2 * n, keys.shape[0], dtype=torch.bool, device=anchors.device).roll(offset, dims=1)
+        logits = logits.masked_fill(own_key, float("-inf"))
         # The positive of anchor i is its other view: i + n for the first half, i - n after.
-        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(anchors.device) + offset  # (2n,)
         return F.cross_entropy(logits, targets)

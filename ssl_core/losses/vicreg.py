@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.distributed import gather_with_grad
+
 
 class VICRegLoss(nn.Module):
     """lambda * s(Z, Z') + mu * (v(Z) + v(Z')) / 2 + nu * (c(Z) + c(Z')).
@@ -31,7 +33,13 @@ class VICRegLoss(nn.Module):
     variance, which changes nothing. The rest (unbiased variance, eps inside the sqrt, the
     n - 1 covariance denominator, the division by d) is the same in all three.
 
-    Letters: n = batch size, d = embedding dim.
+    On several processes (DDP), as in the official code (``FullGatherLayer``) and lightly's
+    ``gather_distributed=True``: the invariance term is the mean over this rank's rows,
+    whose mean over the ranks is the global one, while the variance and covariance terms
+    are taken over the global batch, gathered from all ranks with its gradients.
+
+    Letters: n = batch size (on several processes, of one rank), w = number of ranks,
+    d = embedding dim.
 
     Args:
         lambda_: weight of the invariance term; 25 in the paper.
@@ -63,7 +71,10 @@ class VICRegLoss(nn.Module):
         self.lambda_, self.mu, self.nu, self.gamma, self.eps = lambda_, mu, nu, gamma, eps
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        """Loss of (n, d) projections of the two views; symmetric in z0 and z1."""
+        """Loss of (n, d) projections of the two views; symmetric in z0 and z1.
+
+        A collective on several processes: every rank must call it, with the same shapes.
+        """
         if z0.shape != z1.shape:
             raise ValueError(f"z0 and z1 must have the same (n, d) shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
         n = z0.shape[0]
@@ -74,6 +85,7 @@ class VICRegLoss(nn.Module):
         with torch.autocast(device_type=z0.device.type, enabled=False):
             z0, z1 = z0.float(), z1.float()
             invariance = F.mse_loss(z0, z1)
+            z0, z1 = gather_with_grad(z0), gather_with_grad(z1)  # (w n, d) each
             variance_term = (variance(z0, self.gamma, self.eps) + variance(z1, self.gamma, self.eps)) / 2
             covariance_term = covariance(z0) + covariance(z1)
             return self.lambda_ * invariance + self.mu * variance_term + self.nu * covariance_term

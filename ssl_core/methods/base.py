@@ -67,7 +67,8 @@ class SSLMethod(nn.Module):
     num_views: int = 2
     frozen_prefixes: tuple[str, ...] = ()
     gradient_clip_norm: float | None = None
-    # Some trainable parameters get no gradient on some steps (the engine then avoids fused SGD).
+    # Some trainable parameters get no gradient on some steps: the engine then avoids fused SGD,
+    # and DDP looks for the unused ones after every forward (find_unused_parameters).
     skips_gradients: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, feature_dim: int) -> None:
@@ -133,6 +134,15 @@ class SSLMethod(nn.Module):
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         """Loss of one batch; ``views`` holds num_views tensors of shape (B, 3, H, W)."""
         raise NotImplementedError
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        """:meth:`training_step`, reached through ``__call__``.
+
+        DistributedDataParallel averages gradients only for what runs through its own
+        ``forward``, which calls this one; the engine calls the method (or its DDP
+        wrapper) rather than ``training_step``.
+        """
+        return self.training_step(views)
 
     def before_step(self, step: int, total_steps: int) -> None:
         """Called by the engine before each training step (0-based ``step``).

@@ -5,7 +5,8 @@ through a linear layer to the teacher's dimension. Both embeddings are
 L2-normalized and compared through a FIFO queue of past teacher embeddings that
 serve as pseudo-classes (:class:`~ssl_core.losses.QueueDistillationLoss`). As in
 LightlyTrain, the batch is mixed with a shuffled copy of itself (mixup, lambda ~
-U(0, 1)) and gradients are clipped to norm 1.
+U(0, 1)) and gradients are clipped to norm 1. On several processes (DDP) the queue
+receives the teacher embeddings of all ranks, so it is the same on every rank.
 
 References: Beyer et al., "Knowledge distillation: A good teacher is patient and
 consistent", CVPR 2022, https://arxiv.org/abs/2106.05237; LightlyTrain's
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.distributed import concat_all_gather
 from ssl_core.losses import QueueDistillationLoss
 from ssl_core.methods.base import SSLMethod, StepOutput
 from ssl_core.methods.recipes import DistillationConfig
@@ -117,8 +119,10 @@ class Distillation(SSLMethod):
         features = self.backbone(images).flatten(1)  # (B, f)
         student = F.normalize(self.student_head(features).float(), dim=1)  # (B, D)
         # As in LightlyTrain v1 the current batch joins the queue before the loss,
-        # so each image also has its own teacher embedding as a pseudo-class.
-        self.enqueue(teacher)
+        # so each image also has its own teacher embedding as a pseudo-class. All ranks'
+        # embeddings join it (LightlyTrain keeps one queue per GPU): the queues stay equal,
+        # so the checkpoint, written by rank 0, holds every rank's and resuming is exact.
+        self.enqueue(concat_all_gather(teacher))
         return StepOutput(loss=self.criterion(teacher, student, self.queue), features=features.detach())
 
 

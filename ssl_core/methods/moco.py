@@ -9,6 +9,11 @@ that follows it by EMA after every optimizer step. Negatives come from a FIFO me
 bank of the keys of earlier batches, so their number does not depend on the batch
 size. As in the lightly CIFAR-10 benchmark and MoCo's CIFAR-10 demo, the loss is
 symmetric: each view serves once as query and once as key.
+
+On several processes (DDP) each rank computes the loss of its own queries, and the keys
+of all ranks join the bank (MoCo's ``concat_all_gather`` before ``_dequeue_and_enqueue``,
+lightly's ``MemoryBankModule(gather_distributed=True)``), so every rank holds the same
+bank, the one a single process would hold after the whole batch.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_core.distributed import concat_all_gather
 from ssl_core.losses.info_nce import InfoNCELoss
 from ssl_core.methods.base import SSLMethod, StepOutput
 from ssl_core.methods.recipes import MoCoConfig
@@ -41,7 +47,10 @@ class MoCo(SSLMethod):
     Shuffle-BN is left out. MoCo shuffles the key batch across GPUs so that a query and
     its key never share BatchNorm statistics; on one device with whole-batch BN a
     shuffle changes nothing (lightly's benchmark emulates devices with SplitBatchNorm,
-    which needs control of the backbone's BN layers).
+    which needs control of the backbone's BN layers). On several GPUs it still is left
+    out: each GPU's queries and keys share its BatchNorm statistics, as on one device;
+    ``TrainConfig.sync_batchnorm`` takes them over the global batch instead, MoCo v3's
+    answer to the same leak.
 
     Args:
         backbone: (B, 3, H, W) -> (B, feature_dim); its copy becomes the key backbone.
@@ -100,7 +109,8 @@ class MoCo(SSLMethod):
         loss = 0.5 * (self.criterion(q0, k1, negatives) + self.criterion(q1, k0, negatives))
         # Both views' keys join the bank only now, so no query meets its own image's
         # key among the negatives (MoCo's CIFAR-10 demo enqueues cat([k1, k2]) likewise).
-        self.enqueue(torch.cat([k0, k1]))
+        # Gathered view by view, the bank reads as that of one process with the global batch.
+        self.enqueue(torch.cat([concat_all_gather(k0), concat_all_gather(k1)]))
         return StepOutput(loss=loss, features=h0.detach())
 
     def after_optimizer_step(self) -> None:
