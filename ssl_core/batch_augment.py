@@ -225,7 +225,21 @@ class BatchViews:
         self.normalization = normalization
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        """(B, 3, H, W) uint8 on the generator's device -> one (B, 3, s, s) float tensor per spec."""
+        """(B, 3, H, W) uint8 on the generator's device -> one (B, 3, s, s) float tensor per spec.
+
+        Views of the same spec (SimCLR's two, DINO's local crops) are rendered as one
+        batch of stacked copies: every draw is per image anyway, and at 32 px a GPU
+        spends the augmentation's time launching kernels, not running them.
+        """
         mean = torch.tensor(self.normalization.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.normalization.std, device=images.device).view(1, 3, 1, 1)
-        return [(render_view(images, spec, generator) - mean) / std for spec in self.specs]
+        positions: dict[ViewSpec, list[int]] = {}
+        for position, spec in enumerate(self.specs):
+            positions.setdefault(spec, []).append(position)
+        views: list[torch.Tensor] = [images] * len(self.specs)  # placeholders, all replaced below
+        for spec, same in positions.items():
+            copies = images.repeat(len(same), 1, 1, 1) if len(same) > 1 else images
+            rendered = (render_view(copies, spec, generator) - mean) / std
+            for position, view in zip(same, rendered.split(len(images)), strict=True):
+                views[position] = view
+        return views

@@ -341,6 +341,18 @@ def test_same_seed_same_views_other_seed_other_views(images: Images) -> None:
         assert (a - c).abs().amax((1, 2, 3)).gt(1e-3).float().mean() > 0.9
 
 
+def test_views_of_the_same_spec_are_drawn_independently(images: Images) -> None:
+    """Views sharing a spec are rendered together, yet each view of an image is its own draw: SimCLR's two
+    views of an image differ, and DINO's six local crops of it are six different crops."""
+    batch = images.batch[:64]
+    first, second = BatchViews([SIMCLR, SIMCLR], IDENTITY)(batch, torch.Generator().manual_seed(9))
+    assert (first - second).abs().amax((1, 2, 3)).gt(1e-3).float().mean() > 0.95
+    local = BatchViews(multicrop_specs(MultiCropConfig(), 32), IDENTITY)(batch, torch.Generator().manual_seed(9))[2:]
+    for a in range(len(local)):
+        for b in range(a + 1, len(local)):
+            assert (local[a] - local[b]).abs().amax((1, 2, 3)).gt(1e-3).float().mean() > 0.95
+
+
 # 5. Multi-crop.
 
 
