@@ -32,8 +32,8 @@ from ssl_core.engine import CHECKPOINT_NAME, StepInfo, train
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
 from tests.ssl_core.test_engine import (
     FINGERPRINT,
-    Interrupt,
     assert_same_weights,
+    crashed_then_resumed,
     make_config,
     make_method,
     weights,
@@ -276,26 +276,7 @@ def test_device_path_resume_after_interruption_is_exact(
 ) -> None:
     """Crashed in epoch 2 and resumed from epoch 1's checkpoint: the uninterrupted run's weights and losses."""
     _, expected, history_a, _, _ = two_epoch_run
-
-    def crash_in_second_epoch(info: StepInfo) -> None:
-        if info.epoch == 1 and info.step_in_epoch == 1:
-            raise Interrupt
-
-    checkpoint_dir = tmp_path / "b"
-    with pytest.raises(Interrupt):
-        train(
-            make_method(),
-            device_set,
-            make_config(epochs=2),
-            checkpoint_dir,
-            fingerprint=FINGERPRINT,
-            on_step=crash_in_second_epoch,
-        )
-    assert torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
-
-    resumed = make_method()
-    history_b = train(resumed, device_set, make_config(epochs=2), checkpoint_dir, resume=True, fingerprint=FINGERPRINT)
-    assert history_b.resumed_from_epoch == 1
+    resumed, history_b = crashed_then_resumed(device_set, 2, tmp_path / "b")
     assert [e.epoch for e in history_b.epochs] == [1, 2]
     assert [e.loss for e in history_b.epochs] == [e.loss for e in history_a.epochs]
     assert_same_weights(expected, weights(resumed))

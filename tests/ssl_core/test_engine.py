@@ -12,7 +12,7 @@ from torch.utils.data import Subset
 
 from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
 from ssl_core.data import ManifestDataset
-from ssl_core.engine import CHECKPOINT_NAME, StepInfo, TrainConfig, train
+from ssl_core.engine import CHECKPOINT_NAME, StepInfo, TrainConfig, TrainHistory, train
 from ssl_core.methods.simclr import SimCLR, SimCLRConfig
 
 FEATURE_DIM = 16
@@ -105,30 +105,34 @@ def test_two_identical_runs_give_identical_weights(dataset, one_epoch_run, tmp_p
     assert_same_weights(one_epoch_run[0], weights(second))
 
 
-def test_resume_after_interruption_is_exact(dataset, tmp_path):
-    uninterrupted = make_method()
-    history_a = train(uninterrupted, dataset, make_config(epochs=3), tmp_path / "a", fingerprint=FINGERPRINT)
+def crashed_then_resumed(data, epochs: int, checkpoint_dir: Path) -> tuple[SimCLR, TrainHistory]:
+    """A run that crashes in its second epoch, then is resumed (``resume=True``) by a fresh method, as a
+    new process would rebuild it from the same seed: the resumed method and its history."""
 
     def crash_in_second_epoch(info: StepInfo) -> None:
         if info.epoch == 1 and info.step_in_epoch == 1:
             raise Interrupt
 
-    checkpoint_dir = tmp_path / "b"
     with pytest.raises(Interrupt):
         train(
             make_method(),
-            dataset,
-            make_config(epochs=3),
+            data,
+            make_config(epochs=epochs),
             checkpoint_dir,
             fingerprint=FINGERPRINT,
             on_step=crash_in_second_epoch,
         )
     assert torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    resumed = make_method()
+    history = train(resumed, data, make_config(epochs=epochs), checkpoint_dir, resume=True, fingerprint=FINGERPRINT)
+    assert history.resumed_from_epoch == 1
+    return resumed, history
 
-    resumed = make_method()  # a fresh process would rebuild the model from the same seed
-    history_b = train(resumed, dataset, make_config(epochs=3), checkpoint_dir, resume=True, fingerprint=FINGERPRINT)
 
-    assert history_b.resumed_from_epoch == 1
+def test_resume_after_interruption_is_exact(dataset, tmp_path):
+    uninterrupted = make_method()
+    history_a = train(uninterrupted, dataset, make_config(epochs=3), tmp_path / "a", fingerprint=FINGERPRINT)
+    resumed, history_b = crashed_then_resumed(dataset, 3, tmp_path / "b")
     assert [e.epoch for e in history_b.epochs] == [1, 2, 3]
     assert [e.loss for e in history_b.epochs] == [e.loss for e in history_a.epochs]
     assert_same_weights(weights(uninterrupted), weights(resumed))
