@@ -10,16 +10,31 @@ Gathering with gradients follows SimCLR's ``tpu_cross_replica_concat`` and light
 rows receive the *sum* of the gradients that all ranks' losses send them. DDP then averages
 the parameter gradients over the ranks, so the optimizer sees the gradient of the mean of
 the per-rank losses, which is the loss of the global batch.
+
+Starting the processes: :func:`launch` runs a function on N local processes with torchrun's
+own launcher (``elastic_launch``, what ``torchrun --standalone --nproc_per_node=N`` calls), each
+inside the process group :func:`init_from_environment` joins; code started by ``torchrun``
+itself calls :func:`init_from_environment` and :func:`close_process_group` around its work.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import signal
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 
 from ssl_core.precision import resolve_device
@@ -37,6 +52,8 @@ except ImportError:  # torch < 2.13
 
 # BatchNorm buffers that each rank updates from its own batches (num_batches_tracked stays equal).
 RUNNING_STATS = ("running_mean", "running_var")
+# What torchrun's launcher handles by stopping its processes (its default TORCHELASTIC_SIGNALS_TO_HANDLE).
+LAUNCHER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
 def is_distributed() -> bool:
@@ -161,3 +178,107 @@ def rank_seed(seed: int) -> int:
     if rank() == 0:
         return seed
     return int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
+
+
+class ProcessFailedError(RuntimeError):
+    """A process started by :func:`launch` failed; the message names it and carries its error."""
+
+
+def init_from_environment(device_name: str) -> torch.device:
+    """Joins the process group that torchrun's launcher describes in the environment (``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) and returns this process's device.
+
+    On CUDA (``cuda`` or ``auto`` with a GPU) the process takes GPU ``LOCAL_RANK`` and NCCL; on the
+    CPU, gloo (slower than one process: for testing the several-process path).
+
+    Raises:
+        ValueError: for a device that names one GPU (``cuda:1``: every process would take it) or is
+            neither CUDA nor the CPU.
+    """
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(
+                f"device {device_name!r} names one GPU; on several processes use 'cuda' or 'auto' "
+                "(each process takes GPU LOCAL_RANK)"
+            )
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        # Naming the GPU binds NCCL's communicator to it now, not on the first collective's guess.
+        dist.init_process_group("nccl", device_id=device)
+    elif device.type == "cpu":
+        dist.init_process_group("gloo")
+    else:
+        raise ValueError(f"device {device_name!r}: several processes need CUDA GPUs or the CPU, not {device.type}")
+    return device
+
+
+def close_process_group() -> None:
+    """Leaves the process group :func:`init_from_environment` joined (NCCL warns at exit otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(processes: int, device_name: str, function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` on ``processes`` processes of this machine, each in the process group of
+    :func:`init_from_environment`; returns rank 0's result.
+
+    The processes are started as ``torchrun --standalone --nproc_per_node=<processes>`` starts them
+    (its ``elastic_launch``, a rendezvous on a free local port), by spawning: ``function`` and ``args``
+    must be picklable (``function`` defined at module level). When one process fails, the launcher
+    stops the others and this raises.
+
+    Raises:
+        ProcessFailedError: naming the first process that failed, with its exception (its traceback
+            is logged by the launcher).
+    """
+    # The workers' error files, removed afterwards (the launcher's default folder would stay in /tmp).
+    with tempfile.TemporaryDirectory(prefix="torchelastic_") as log_dir, _signal_handlers_kept():
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=processes,
+            run_id=str(uuid.uuid4()),
+            rdzv_backend="c10d",
+            rdzv_endpoint="localhost:0",  # torchrun --standalone: any free port of this machine
+            max_restarts=0,  # a failure is reported, not retried: resume reruns from the last checkpoint
+            logs_specs=DefaultLogsSpecs(log_dir=log_dir),
+        )
+        try:
+            results = elastic_launch(config, _process_main)(device_name, function, args)
+        except ChildFailedError as error:
+            failed_rank, failure = error.get_first_failure()
+            # The error file's {"message": "Type: text", ...}, or the launcher's note on a process killed by a signal.
+            message = failure.message["message"] if isinstance(failure.message, dict) else failure.message
+            raise ProcessFailedError(
+                f"process {failed_rank} of {processes} failed (exit code {failure.exitcode}): {message}"
+            ) from None
+    return results[0]
+
+
+@contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Puts back this process's handlers of the signals that the launcher takes over (to stop its
+    processes) and would leave pointing at its own handler."""
+    if threading.current_thread() is not threading.main_thread():  # the launcher sets none from other threads
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in LAUNCHER_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(sig, handler)
+
+
+def _process_main(device_name: str, function: Callable[..., Any], args: tuple) -> Any:
+    """What each process of :func:`launch` runs: ``function(*args)`` inside the process group."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        # torchrun sets OMP_NUM_THREADS=1 for the same reason: the processes share this machine's cores.
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["LOCAL_WORLD_SIZE"])))
+    init_from_environment(device_name)
+    try:
+        return function(*args)
+    finally:
+        close_process_group()

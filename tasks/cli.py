@@ -262,15 +262,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def configure_logging(level: int, process: str = "") -> None:
+    """The pipeline's log lines, from ``level`` up; ``process`` tags each line (a training process's rank)."""
+    tag = f"[{process}] " if process else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S")
     for chatty in ("onnxscript", "onnx_ir", "alembic"):  # per-pass INFO lines drown the pipeline's own
         logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         params = load_params(args.params, parse_overrides(args.overrides))
         args.handler(params, args)

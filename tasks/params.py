@@ -193,10 +193,14 @@ class _TrainingSettings(_Section):
     method: str = "distillation"
     backbone: str = Field(default="resnet18_cifar", min_length=1)
     epochs: int = Field(default=200, ge=1)
+    # Images per step on each training process: the global batch is batch_size x processes.
     batch_size: int = Field(default=512, ge=2)
-    # Peak lr = base_lr * batch_size / 128 (linear scaling, Goyal et al. 2017) when
-    # scale_lr is true; base_lr as is when false. "auto": what the method says
-    # (SSLMethod.scales_lr_with_batch; SimSiam keeps the lightly benchmark's fixed 0.06).
+    # Training processes, one per GPU (DDP; tasks.pretrain.train_on_processes starts them with
+    # torchrun's launcher). More than 1 needs as many visible GPUs, or the CPU (gloo, for tests).
+    processes: int = Field(default=1, ge=1)
+    # Peak lr = base_lr * batch_size * processes / 128 (linear scaling with the global batch,
+    # Goyal et al. 2017) when scale_lr is true; base_lr as is when false. "auto": what the method
+    # says (SSLMethod.scales_lr_with_batch; SimSiam keeps the lightly benchmark's fixed 0.06).
     base_lr: float = Field(default=0.06, gt=0)
     scale_lr: bool | Literal["auto"] = "auto"
     momentum: float = Field(default=0.9, ge=0, lt=1)

@@ -10,6 +10,13 @@ stopped.
 The method, its views and its learning rate come from
 :mod:`ssl_core.methods.factory` and the method class: nothing here depends on
 which method trains.
+
+Several GPUs: with ``processes: N`` the stage (same command) starts N training
+processes with torchrun's launcher (:func:`train_on_processes`), each calling
+:func:`run` in one process group (DDP; :mod:`ssl_core.distributed`). Each trains
+on its share of the images, ``batch_size`` at a step, so the global batch, which
+the learning rate scales with, is ``batch_size * N``. Rank 0 alone shows the
+progress bar, runs the kNN monitor, tracks the run in MLflow and writes the outputs.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import argparse
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -31,6 +40,7 @@ from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.backbones import available_backbones, build_backbone
 from ssl_core.data import ManifestDataset
 from ssl_core.device_data import DeviceImages, fast_path_applies
+from ssl_core.distributed import launch, process_device, rank, world_size
 from ssl_core.engine import EpochStats, StepInfo, TrainConfig, TrainHistory, train
 from ssl_core.knn_monitor import KnnMonitor, labeled_indices, labeled_sample
 from ssl_core.manifest import MANIFEST_NAME, sha256_file
@@ -39,6 +49,7 @@ from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
 from ssl_core.precision import resolve_device, seed_everything
 from ssl_core.teachers import Teacher, load_dinov2_teacher, load_teacher_file
+from tasks.cli import configure_logging
 from tasks.errors import UserError
 from tasks.layout import MODEL_FILE, TEACHER_SPEC
 from tasks.live_tracking import LiveRun, training_run
@@ -52,16 +63,78 @@ class PretrainError(UserError):
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    teacher = load_teacher(args.teacher)
-    run(
+    train_on_processes(
+        params.pretrain,
+        "pretrain",
+        train_student,
         params.pretrain,
         params.data,
         args.data,
         args.out,
         args.checkpoints,
-        teacher,
-        experiment=params.registry.experiment,
+        args.teacher,
+        params.registry.experiment,
     )
+
+
+def train_student(
+    training: TrainingParams,
+    data: DataParams,
+    ingested: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    teacher_dir: Path,
+    experiment: str | None,
+) -> PretrainResult:
+    """:func:`run` with the teacher that the teacher stage prepared in ``teacher_dir``.
+
+    Every training process loads the teacher itself: a DINOv2 teacher's classes come from
+    torch.hub's folder and would not unpickle in a spawned process.
+    """
+    return run(training, data, ingested, out_dir, checkpoint_dir, load_teacher(teacher_dir), experiment=experiment)
+
+
+def train_on_processes(
+    training: TrainingParams, section: str, train_fn: Callable[..., PretrainResult], /, *args: Any, **kwargs: Any
+) -> PretrainResult:
+    """``train_fn(*args, **kwargs)`` (:func:`run` or :func:`train_student`) on ``training.processes`` processes.
+
+    One process: here. Several: started by torchrun's launcher (:func:`ssl_core.distributed.launch`),
+    each in the process group, on GPU ``LOCAL_RANK`` (NCCL) or on the CPU (gloo). ``train_fn`` and
+    its arguments must be picklable. Returns rank 0's result.
+
+    Raises:
+        ParamsError: before any work, for a setting this machine cannot train (:func:`check_training`).
+        ProcessFailedError: when a training process fails, with its error (the others are stopped).
+    """
+    check_training(training, section)
+    if training.processes == 1:
+        return train_fn(*args, **kwargs)
+    if resolve_device(training.device).type == "cpu":
+        logger.warning(
+            "%s.processes = %d on the CPU: gloo processes share its cores and train slower than one process; "
+            "this is for testing the several-GPU path.",
+            section,
+            training.processes,
+        )
+    logger.info(
+        "%s: %d training processes of %d images a step: global batch %d",
+        section,
+        training.processes,
+        training.batch_size,
+        training.batch_size * training.processes,
+    )
+    level = logging.getLogger().level
+    return launch(training.processes, training.device, _training_process, level, train_fn, args, kwargs)
+
+
+def _training_process(
+    log_level: int, train_fn: Callable[..., PretrainResult], args: tuple, kwargs: dict[str, Any]
+) -> PretrainResult:
+    """One of :func:`train_on_processes`' processes. Spawned, it starts without the stage's logging:
+    rank 0 logs as the stage does, the others only their warnings and errors."""
+    configure_logging(log_level if rank() == 0 else logging.WARNING, process=f"rank {rank()}")
+    return train_fn(*args, **kwargs)
 
 
 def load_teacher(teacher_dir: Path) -> Teacher | None:
@@ -82,16 +155,47 @@ def load_teacher(teacher_dir: Path) -> Teacher | None:
 
 
 def check_training(training: TrainingParams, section: str) -> None:
-    """The checks of a training section that need torchvision (params.yaml loads without it).
+    """The checks of a training section that need torch (params.yaml loads without it).
 
     Raises:
-        ParamsError: for a backbone torchvision does not have, naming the key.
+        ParamsError: for a backbone torchvision does not have, or more processes than
+            this machine can train on (:func:`check_processes`), naming the key.
     """
     if training.backbone not in available_backbones():
         raise ParamsError(
             f"{section}.backbone = {training.backbone!r}: not a torchvision classification model; use its "
             f"torchvision name (e.g. 'resnet50', 'convnext_tiny', 'vit_b_16') or a ResNet with '_cifar' "
             f"(e.g. 'resnet18_cifar')"
+        )
+    check_processes(training, section)
+
+
+def check_processes(training: TrainingParams, section: str) -> None:
+    """Several processes need one visible GPU each (CUDA), or the CPU.
+
+    Raises:
+        ParamsError: naming the key, the value and what this machine allows.
+    """
+    processes = training.processes
+    if processes == 1:
+        return
+    device = resolve_device(training.device)
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ParamsError(
+                f"{section}.device = {training.device!r} names one GPU, but {section}.processes = {processes} "
+                f"trains on {processes}: use 'cuda' or 'auto' (process i takes GPU i)"
+            )
+        visible = torch.cuda.device_count()
+        if processes > visible:
+            raise ParamsError(
+                f"{section}.processes = {processes}: this machine has {visible} visible GPU(s) "
+                f"(CUDA_VISIBLE_DEVICES); use at most {visible}"
+            )
+    elif device.type != "cpu":
+        raise ParamsError(
+            f"{section}.processes = {processes}: several processes need CUDA GPUs, or the CPU for testing; "
+            f"{section}.device = {training.device!r} is {device.type}"
         )
 
 
@@ -119,7 +223,7 @@ def training_data(
 ) -> ManifestDataset | DeviceImages:
     """What the engine trains on: on a GPU the images decoded once and augmented there a batch at a
     time (:class:`~ssl_core.device_data.DeviceImages`), else ``dataset`` with per-image PIL views."""
-    device = resolve_device(training.device)
+    device = process_device(training.device)  # on several processes, this one's GPU
     if fast_path_applies(len(dataset), data.image_size, device):
         images = DeviceImages.decode(dataset, data.image_size, device, training.num_workers)
         images.views = method.batch_transform(view, normalization(data))
@@ -140,6 +244,9 @@ def run(
 ) -> PretrainResult:
     """Pretrains ``training.backbone`` with ``training.method`` on the train split.
 
+    With ``training.processes`` > 1, every process of the group (:func:`train_on_processes`)
+    calls it alike; rank 0 alone reports, monitors, tracks and writes the outputs.
+
     Args:
         training: the run's settings; ``section`` names them in error messages.
         experiment: the MLflow experiment that tracks the training live (None: not tracked).
@@ -147,12 +254,19 @@ def run(
     Raises:
         ParamsError: for an unknown backbone.
         PretrainError: without training images, or without the teacher a method needs.
+        RuntimeError: if this process is not one of ``training.processes`` (start them with
+            :func:`train_on_processes`).
     """
     check_training(training, section)
+    if training.processes != world_size():
+        raise RuntimeError(
+            f"{section}.processes = {training.processes}, but this process is one of {world_size()}: "
+            "start the training with tasks.pretrain.train_on_processes"
+        )
     trained = method_class(training.method)
     if trained.needs_teacher and teacher is None:
         raise PretrainError(f"{section}.method {training.method!r} needs a teacher: run the teacher stage first.")
-    seed_everything(training.seed)  # the backbone's initial weights
+    seed_everything(training.seed)  # the backbone's initial weights, the same on every process
     dataset = ManifestDataset(ingested, splits=[data.train_split])
     if len(dataset) == 0:
         raise PretrainError(
@@ -162,41 +276,33 @@ def run(
     backbone = build_backbone(training.backbone, data.image_size)
     method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
     train_data = training_data(dataset, method, view_config(trained, training, data), data, training)
-    lr = trained.peak_lr(
-        training.base_lr, training.batch_size, None if training.scale_lr == "auto" else training.scale_lr
-    )
-    config = TrainConfig(
-        epochs=training.epochs,
-        batch_size=training.batch_size,
-        lr=lr,
-        momentum=training.momentum,
-        weight_decay=training.weight_decay,
-        warmup_epochs=training.warmup_epochs,
-        seed=training.seed,
-        device=training.device,
-        precision=training.precision,
-        num_workers=training.num_workers,
-    )
+    config = train_config(training, peak_lr(trained, training))
     resolved = {
-        "training": training.model_dump(mode="json"),
+        "training": training.model_dump(mode="json"),  # processes included: it is in the fingerprint
         "data": data.model_dump(mode="json"),
-        "lr": lr,
+        "lr": config.lr,
         "teacher": teacher.description if teacher else None,
     }
     fingerprint = _fingerprint(resolved, ingested)
+    if rank() != 0:  # the others train silently: no bar, no monitor, no MLflow, no files
+        history = train(method, train_data, config, checkpoint_dir, resume=training.resume, fingerprint=fingerprint)
+        return PretrainResult(out_dir / MODEL_FILE, history)
+
     monitor = build_knn_monitor(training, data, ingested, dataset)
     knn_by_epoch: dict[int, float] = {}
+    steps_by_epoch: dict[int, int] = {}
     run_name = f"{training.method}-{training.backbone}" + ("" if section == "pretrain" else f" ({section})")
     tracking = (
         training_run(experiment, run_name, section, resolved, training.monitor)
         if experiment is not None
         else nullcontext(LiveRun(None, training.monitor.log_every_steps))
     )
-    steps_total = config.epochs * max(1, len(dataset) // min(config.batch_size, len(dataset)))
+    steps_total = config.epochs * steps_per_epoch(len(dataset), training)
     with tracking as live, tqdm(total=steps_total, desc=f"pretrain {training.method}", unit="step") as bar:
 
         def on_step(info: StepInfo) -> None:
             bar.n = info.epoch * info.steps_per_epoch + info.step_in_epoch + 1
+            steps_by_epoch[info.epoch + 1] = info.step_in_epoch + 1
             if bar.n % training.monitor.log_every_steps == 0:  # reading the loss waits for a GPU: not every step
                 bar.set_postfix(epoch=info.epoch + 1, loss=f"{info.loss:.3f}", lr=f"{info.lr:.3g}", refresh=False)
             bar.refresh()
@@ -235,13 +341,44 @@ def run(
     )
     model_path = out_dir / MODEL_FILE
     save_embedding_model(model_path, method.backbone.cpu(), info)
-    (out_dir / "history.json").write_text(json.dumps(history_record(history, knn_by_epoch), indent=2) + "\n")
+    record = history_record(history, knn_by_epoch, steps_by_epoch)
+    (out_dir / "history.json").write_text(json.dumps(record, indent=2) + "\n")
     (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     if history.epochs and history.epochs[-1].collapsed:
         logger.warning(
             "The embeddings collapsed (see %s): lower the learning rate or change the method.", out_dir / "history.json"
         )
     return PretrainResult(model_path, history)
+
+
+def peak_lr(trained: type[SSLMethod], training: TrainingParams) -> float:
+    """The method's peak lr (:meth:`SSLMethod.peak_lr`) for the global batch: ``batch_size`` images
+    on each of ``processes`` processes make one optimizer step."""
+    scale = None if training.scale_lr == "auto" else training.scale_lr
+    return trained.peak_lr(training.base_lr, training.batch_size * training.processes, scale)
+
+
+def train_config(training: TrainingParams, lr: float) -> TrainConfig:
+    """The engine's settings: ``training``'s, with the peak ``lr``."""
+    return TrainConfig(
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        lr=lr,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        warmup_epochs=training.warmup_epochs,
+        seed=training.seed,
+        device=training.device,
+        precision=training.precision,
+        num_workers=training.num_workers,
+    )
+
+
+def steps_per_epoch(num_images: int, training: TrainingParams) -> int:
+    """Optimizer steps of one epoch on each process, as the engine counts them: its share of the
+    images (drop_last) in batches of ``batch_size``, or of its share when that is smaller."""
+    images_per_process = max(1, num_images // training.processes)
+    return images_per_process // min(training.batch_size, images_per_process)
 
 
 def build_knn_monitor(
@@ -274,12 +411,17 @@ def build_knn_monitor(
     return KnnMonitor(bank_sample, query_sample, len(train_set.class_names), normalization(data), training.precision)
 
 
-def history_record(history: TrainHistory, knn_by_epoch: dict[int, float]) -> dict:
-    """history.json: the engine's per-epoch stats, with the kNN monitor's top-1 where it was measured."""
+def history_record(
+    history: TrainHistory, knn_by_epoch: dict[int, float], steps_by_epoch: dict[int, int] | None = None
+) -> dict:
+    """history.json: the engine's per-epoch stats, with the kNN monitor's top-1 where it was measured
+    and the optimizer steps each process ran where they were counted (not in epochs a resume skipped)."""
     record = history.to_dict()
     for epoch in record["epochs"]:
         if epoch["epoch"] in knn_by_epoch:
             epoch["knn_top1_monitor"] = knn_by_epoch[epoch["epoch"]]
+        if steps_by_epoch and epoch["epoch"] in steps_by_epoch:
+            epoch["steps"] = steps_by_epoch[epoch["epoch"]]
     return record
 
 

@@ -77,7 +77,18 @@ def run(
     if not method_class(student_method).needs_teacher:
         spec = {"kind": "none", "reason": f"pretrain.method {student_method!r} needs no teacher"}
     elif source == "pretrain":
-        pretrain.run(teacher, data, ingested, out_dir, checkpoint_dir, section="teacher", experiment=experiment)
+        pretrain.train_on_processes(
+            teacher,
+            "teacher",
+            pretrain.run,
+            teacher,
+            data,
+            ingested,
+            out_dir,
+            checkpoint_dir,
+            section="teacher",
+            experiment=experiment,
+        )
         spec = {"kind": "file", "source": "pretrain", "method": teacher.method, "backbone": teacher.backbone}
     elif source.startswith(MODELS_PREFIX):
         download_checkpoint(source, out_dir / MODEL_FILE)

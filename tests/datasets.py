@@ -106,3 +106,24 @@ def cut_cifar10(output: Path, train_per_class: int, test_per_class: int, top: st
         capture_output=True,
     )
     return output
+
+
+def random_ingested_folder(root: Path, count: int, width: int = 32, height: int = 32) -> Path:
+    """``count`` random RGB images in ``root/images`` and an ingest-style manifest (split train, no labels).
+
+    For tests of how a stage feeds training, where pixels need not mean anything.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
+
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+        records.append(ManifestRecord(f"images/{i}.png", "0" * 64, None, "train", width, height))
+    write_manifest(records, root / MANIFEST_NAME)
+    return root

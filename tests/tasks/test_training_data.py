@@ -5,19 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision import transforms as T
 
 from ssl_core import device_data
 from ssl_core.augment import MultiView
 from ssl_core.data import ManifestDataset
 from ssl_core.device_data import DeviceImages, fast_path_applies
-from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
 from tasks import pretrain
 from tasks.params import parse_params
+from tests.datasets import random_ingested_folder
 
 NUM_IMAGES = 12
 
@@ -25,15 +23,7 @@ NUM_IMAGES = 12
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of 12 random 40x36 images in a manifest: non-square, so the decoded copy is cropped."""
-    root = tmp_path_factory.mktemp("ingested")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(NUM_IMAGES):
-        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-        records.append(ManifestRecord(f"images/{i}.png", "0" * 64, None, "train", 40, 36))
-    write_manifest(records, root / MANIFEST_NAME)
-    return root
+    return random_ingested_folder(tmp_path_factory.mktemp("ingested"), NUM_IMAGES, width=40, height=36)
 
 
 class Captured(Exception):
