@@ -2,7 +2,8 @@
 # One call on a lent GPU machine (10 minutes at most): what the GPU tables need, in order of value.
 #
 #   1. the machine: GPU, driver, torch and torchvision versions;
-#   2. the DataLoader/PIL path for one SimCLR epoch: the baseline the fast path is measured against;
+#   2. where a SimCLR step's time goes (augmentation, model step, compiled step: step_profile.py),
+#      and the DataLoader/PIL path for one SimCLR epoch: the baseline the fast path is measured against;
 #   3. every method for 2 epochs on the device path: images/s, epoch time, kNN time, peak memory;
 #   4. SimCLR with torch.compile for 2 epochs: what compiling gives;
 #   5. SimCLR for as many epochs as the time left allows, kNN after every epoch.
@@ -47,6 +48,9 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $resul
 } > "$results/machine.txt" 2>&1
 cat "$results/machine.txt"
 
+echo "== gpu-step-profile ($(left)s left)"
+timeout 120 "$PY" benchmarks/step_profile.py --out "$results/gpu-step-profile"
+pack
 [ -n "${SKIP_PIL:-}" ] || bench gpu-cifar10-pil-1epoch 110 --loader pil --methods simclr --epochs 1
 bench gpu-cifar10-device-2epoch 220 --loader device --methods all --epochs 2
 bench gpu-cifar10-device-compile-2epoch 100 --loader device --methods simclr --epochs 2 --compile
