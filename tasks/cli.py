@@ -124,6 +124,16 @@ def print_summary(seconds: float | None = None) -> None:
     print("\n".join(lines))
 
 
+def add_model_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cache``: where the commands that load a registry model (serve, embed) download it."""
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=layout.SERVING_CACHE,
+        help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sslpipe",
@@ -168,12 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=layout.SERVING_CACHE,
-        help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})",
-    )
+    add_model_cache_argument(p)
     p.set_defaults(handler=serve)
 
     p = sub.add_parser(
@@ -203,12 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="threads decoding images while the model runs (default: 2; 0: none)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out (and its .csv) if it exists")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=layout.SERVING_CACHE,
-        help=f"where registry models are downloaded (default: {layout.SERVING_CACHE})",
-    )
+    add_model_cache_argument(p)
     p.set_defaults(handler=embed)
 
     # Not `serve`, which serves the model: this serves the pipeline on a schedule (flows/schedule.py).
