@@ -26,6 +26,7 @@ distributions of per-image statistics of both on real images.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -139,29 +140,46 @@ def shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
 
 
-def color_jitter(
-    images: torch.Tensor, strengths: tuple[float, float, float, float], p: float, generator: torch.Generator
+@dataclass(frozen=True)
+class JitterDraws:
+    """Per-image color-jitter parameters: whether it applies, the order of the four operations, the factors."""
+
+    applied: torch.Tensor  # (B,) bool
+    order: torch.Tensor  # (B, 4): operation at each position, ColorJitter's randperm(4)
+    factors: torch.Tensor  # (B, 3): brightness, contrast and saturation factors
+    hue_shift: torch.Tensor  # (B,): a fraction of the color wheel
+
+
+def draw_color_jitter(
+    count: int, strengths: tuple[float, float, float, float], p: float, generator: torch.Generator
+) -> JitterDraws:
+    """torchvision's ``RandomApply([ColorJitter(*strengths)], p)`` parameters for ``count`` images.
+
+    Factors are uniform in ``[max(0, 1 - x), 1 + x]``, the hue shift in ``[-h, h]``.
+    """
+    applied = bernoulli(count, p, generator)
+    order = torch.rand((count, 4), generator=generator, device=generator.device).argsort(dim=1)  # randperm(4) per image
+    factors = [uniform((count,), max(0.0, 1 - strength), 1 + strength, generator) for strength in strengths[:3]]
+    hue_shift = uniform((count,), -strengths[3], strengths[3], generator)
+    return JitterDraws(applied, order, torch.stack(factors, dim=1), hue_shift)
+
+
+def apply_color_jitter(
+    images: torch.Tensor, strengths: tuple[float, float, float, float], draws: JitterDraws
 ) -> torch.Tensor:
-    """torchvision's ``RandomApply([ColorJitter(*strengths)], p)``, with factors and order drawn per image.
+    """Applies drawn color jitter; no random draws, so it compiles into a few fused kernels.
 
     An image left alone gets the identity factor (1, or a hue shift of 0) for every
     operation, which leaves its pixels exactly unchanged, so the whole batch takes
     the same four steps.
     """
-    count = len(images)
-    applied = bernoulli(count, p, generator)
-    order = torch.rand((count, 4), generator=generator, device=generator.device).argsort(dim=1)  # randperm(4) per image
-    factors = []
-    for strength in strengths[:3]:
-        factors.append(uniform((count,), max(0.0, 1 - strength), 1 + strength, generator))
-    hue_shift = uniform((count,), -strengths[3], strengths[3], generator)
     for position in range(4):
-        operation = order[:, position]
-        for op, factor in zip((BRIGHTNESS, CONTRAST, SATURATION), factors, strict=True):
+        operation = draws.order[:, position]
+        for op in (BRIGHTNESS, CONTRAST, SATURATION):
             if strengths[op] == 0:
                 continue
-            chosen = applied & (operation == op)
-            factor = torch.where(chosen, factor, torch.ones_like(factor))
+            factor = draws.factors[:, op]
+            factor = torch.where(draws.applied & (operation == op), factor, torch.ones_like(factor))
             if op == BRIGHTNESS:
                 images = blend(images, torch.zeros_like(images), factor)
             elif op == CONTRAST:
@@ -169,45 +187,98 @@ def color_jitter(
             else:
                 images = blend(images, grayscale(images), factor)
         if strengths[HUE] > 0:
-            chosen = (applied & (operation == HUE)).view(-1, 1, 1, 1)
-            images = torch.where(chosen, shift_hue(images, hue_shift), images)
+            chosen = (draws.applied & (operation == HUE)).view(-1, 1, 1, 1)
+            images = torch.where(chosen, shift_hue(images, draws.hue_shift), images)
     return images
 
 
-def gaussian_blur(images: torch.Tensor, kernel_size: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """torchvision's ``RandomApply([GaussianBlur(kernel_size, BLUR_SIGMA)], p)`` with sigma drawn per image."""
-    count, channels, height, width = images.shape
+def color_jitter(
+    images: torch.Tensor, strengths: tuple[float, float, float, float], p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """torchvision's ``RandomApply([ColorJitter(*strengths)], p)``, with factors and order drawn per image."""
+    return apply_color_jitter(images, strengths, draw_color_jitter(len(images), strengths, p, generator))
+
+
+def blur_sigmas(count: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-image sigma of ``RandomApply([GaussianBlur(k, BLUR_SIGMA)], p)``: uniform in BLUR_SIGMA, 0 = not blurred."""
     blurred = bernoulli(count, p, generator)
-    sigma = uniform((count,), *BLUR_SIGMA, generator)
+    return torch.where(blurred, uniform((count,), *BLUR_SIGMA, generator), torch.zeros(count, device=blurred.device))
+
+
+def apply_gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Blurs each image with its own sigma (reflect padding); images with sigma 0 are left as they are."""
+    count, channels, height, width = images.shape
+    safe_sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
     offsets = torch.arange(kernel_size, device=images.device, dtype=images.dtype) - (kernel_size - 1) / 2
-    kernels = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernels = torch.exp(-0.5 * (offsets.view(1, -1) / safe_sigma.view(-1, 1)) ** 2)
     kernels = (kernels / kernels.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B C, k)
     pad = kernel_size // 2
     # Separable blur as grouped convolutions, one group per image channel.
     flat = F.pad(images.reshape(1, count * channels, height, width), (pad, pad, pad, pad), mode="reflect")
     flat = F.conv2d(flat, kernels.view(-1, 1, 1, kernel_size), groups=count * channels)
     flat = F.conv2d(flat, kernels.view(-1, 1, kernel_size, 1), groups=count * channels)
-    return torch.where(blurred.view(-1, 1, 1, 1), flat.view(count, channels, height, width), images)
+    return torch.where((sigma > 0).view(-1, 1, 1, 1), flat.view(count, channels, height, width), images)
+
+
+def gaussian_blur(images: torch.Tensor, kernel_size: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's ``RandomApply([GaussianBlur(kernel_size, BLUR_SIGMA)], p)`` with sigma drawn per image."""
+    return apply_gaussian_blur(images, kernel_size, blur_sigmas(len(images), p, generator))
+
+
+@dataclass(frozen=True)
+class ViewDraws:
+    """Every random parameter of one view of each image of a batch; None where the spec skips the step."""
+
+    boxes: torch.Tensor  # (B, 4) crop boxes (top, left, height, width)
+    flipped: torch.Tensor  # (B,) bool
+    jitter: JitterDraws | None
+    gray: torch.Tensor | None  # (B,) bool
+    blur_sigma: torch.Tensor | None  # (B,), 0 = not blurred
+    solarized: torch.Tensor | None  # (B,) bool
+
+
+def draw_view(count: int, height: int, width: int, spec: ViewSpec, generator: torch.Generator) -> ViewDraws:
+    """Draws a view's parameters for ``count`` images, in the order the steps apply them."""
+    boxes = crop_boxes(count, height, width, spec.crop_scale, generator)
+    flipped = bernoulli(count, spec.flip_prob, generator)
+    jitter = draw_color_jitter(count, spec.jitter, spec.jitter_prob, generator) if spec.has_jitter else None
+    gray = bernoulli(count, spec.grayscale_prob, generator) if spec.grayscale_prob > 0 else None
+    sigma = blur_sigmas(count, spec.blur_prob, generator) if spec.blur_prob > 0 else None
+    solarized = bernoulli(count, spec.solarize_prob, generator) if spec.solarize_prob > 0 else None
+    return ViewDraws(boxes, flipped, jitter, gray, sigma, solarized)
+
+
+def apply_view(images: torch.Tensor, spec: ViewSpec, draws: ViewDraws) -> torch.Tensor:
+    """Renders drawn views of a (B, 3, H, W) uint8 batch as floats in [0, 1] (not normalized).
+
+    Deterministic given ``draws``: the part of a view that ``torch.compile`` fuses.
+    """
+    pixels = images.float() / 255
+    views = resized_crops(pixels, draws.boxes, spec.size)
+    views = torch.where(draws.flipped.view(-1, 1, 1, 1), views.flip(-1), views)
+    if draws.jitter is not None:
+        views = apply_color_jitter(views, spec.jitter, draws.jitter)
+    if draws.gray is not None:
+        views = torch.where(draws.gray.view(-1, 1, 1, 1), grayscale(views).expand_as(views), views)
+    if draws.blur_sigma is not None:
+        views = apply_gaussian_blur(views, spec.blur_kernel_size, draws.blur_sigma)
+    if draws.solarized is not None:
+        solarize = draws.solarized.view(-1, 1, 1, 1) & (views >= SOLARIZE_THRESHOLD / 255)
+        views = torch.where(solarize, 1 - views, views)
+    return views
 
 
 def render_view(images: torch.Tensor, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:
     """One random view of every image of a (B, 3, H, W) uint8 batch, as floats in [0, 1] (not normalized)."""
     count, _, height, width = images.shape
-    pixels = images.float() / 255
-    views = resized_crops(pixels, crop_boxes(count, height, width, spec.crop_scale, generator), spec.size)
-    flipped = bernoulli(count, spec.flip_prob, generator).view(-1, 1, 1, 1)
-    views = torch.where(flipped, views.flip(-1), views)
-    if spec.has_jitter:
-        views = color_jitter(views, spec.jitter, spec.jitter_prob, generator)
-    if spec.grayscale_prob > 0:
-        gray = bernoulli(count, spec.grayscale_prob, generator).view(-1, 1, 1, 1)
-        views = torch.where(gray, grayscale(views).expand_as(views), views)
-    if spec.blur_prob > 0:
-        views = gaussian_blur(views, spec.blur_kernel_size, spec.blur_prob, generator)
-    if spec.solarize_prob > 0:
-        solarized = bernoulli(count, spec.solarize_prob, generator).view(-1, 1, 1, 1)
-        views = torch.where(solarized & (views >= SOLARIZE_THRESHOLD / 255), 1 - views, views)
-    return views
+    return apply_view(images, spec, draw_view(count, height, width, spec, generator))
+
+
+def normalized_view(
+    images: torch.Tensor, spec: ViewSpec, draws: ViewDraws, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """:func:`apply_view`, normalized: what :class:`BatchViews` compiles."""
+    return (apply_view(images, spec, draws) - mean) / std
 
 
 class BatchViews:
@@ -223,6 +294,15 @@ class BatchViews:
             raise ValueError("BatchViews needs at least one view spec.")
         self.specs = list(specs)
         self.normalization = normalization
+        self._render = normalized_view
+
+    def compile(self) -> None:
+        """Renders through ``torch.compile``: the drawn views' dozens of elementwise steps become a few kernels.
+
+        The random draws stay eager (a compiled graph cannot take a ``torch.Generator``),
+        so the views are the same as uncompiled, up to float rounding.
+        """
+        self._render = torch.compile(normalized_view, dynamic=False)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         """(B, 3, H, W) uint8 on the generator's device -> one (B, 3, s, s) float tensor per spec.
@@ -237,9 +317,11 @@ class BatchViews:
         for position, spec in enumerate(self.specs):
             positions.setdefault(spec, []).append(position)
         views: list[torch.Tensor] = [images] * len(self.specs)  # placeholders, all replaced below
+        _, _, height, width = images.shape
         for spec, same in positions.items():
             copies = images.repeat(len(same), 1, 1, 1) if len(same) > 1 else images
-            rendered = (render_view(copies, spec, generator) - mean) / std
+            draws = draw_view(len(copies), height, width, spec, generator)
+            rendered = self._render(copies, spec, draws, mean, std)
             for position, view in zip(same, rendered.split(len(images)), strict=True):
                 views[position] = view
         return views

@@ -341,6 +341,21 @@ def test_same_seed_same_views_other_seed_other_views(images: Images) -> None:
         assert (a - c).abs().amax((1, 2, 3)).gt(1e-3).float().mean() > 0.9
 
 
+def test_compiled_views_are_the_eager_views(images: Images) -> None:
+    """``BatchViews.compile`` fuses the rendering but draws the same parameters: the same views up to float
+    rounding, for every step a spec can take (jitter, grayscale, blur, solarization, a smaller output)."""
+    every_step = dataclasses.replace(STRONG, size=24, blur_prob=0.5, solarize_prob=0.5)
+    specs = [SIMCLR, SIMCLR, every_step]
+    batch = images.batch[:32]
+    eager = BatchViews(specs, Normalization())(batch, torch.Generator().manual_seed(13))
+    compiled_views = BatchViews(specs, Normalization())
+    compiled_views.compile()
+    compiled = compiled_views(batch, torch.Generator().manual_seed(13))
+    assert compiled_views._render is not batch_augment.normalized_view
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+
+
 def test_views_of_the_same_spec_are_drawn_independently(images: Images) -> None:
     """Views sharing a spec are rendered together, yet each view of an image is its own draw: SimCLR's two
     views of an image differ, and DINO's six local crops of it are six different crops."""
