@@ -1,0 +1,300 @@
+"""Distillation as LightlyTrain sells it: a large teacher pretrained here, distilled into small students.
+
+    # Full scale on a GPU: a CIFAR ResNet-50 SimCLR teacher (200 epochs), two students (100 epochs):
+    python benchmarks/distillation_benchmark.py --loader device --teacher-epochs 200 --student-epochs 100 \
+        --out benchmarks/results/gpu-distillation
+    # Small scale on a CPU (a class-balanced subset, a few epochs):
+    python benchmarks/distillation_benchmark.py --train-per-class 200 --test-per-class 100 --batch-size 128 \
+        --teacher-epochs 4 --student-epochs 3 --num-workers 1 --out benchmarks/results/cpu-distillation
+
+What is trained, in order (every model evaluated with kNN, k=200 and t=0.1, on the
+whole test split after every epoch, as in :mod:`benchmarks.lightly_benchmark`):
+
+1. the teacher: ``--teacher`` (a CIFAR ResNet-50 by default) with
+   ``--teacher-method`` (SimCLR or DINO);
+2. for each of ``--students`` (the CIFAR ResNet-18 and MobileNetV3-Small by default):
+   the student distilled from that frozen teacher for ``--student-epochs``
+   (LightlyTrain's distillation v1, :class:`ssl_core.methods.distillation.Distillation`);
+3. the same student trained alone with SimCLR *for the same time*: one probe epoch
+   measures SimCLR's epoch time for that student, and the run gets as many epochs
+   as fit in the distilled student's training time (at least one). Both times are
+   reported, so the match can be checked. The teacher's training is not counted:
+   distillation's promise is to reuse a teacher that exists (DINOv2 in LightlyTrain).
+
+Every model is then exported to ONNX (:func:`ssl_core.export.export_onnx`) and its
+serving throughput measured with onnxruntime alone: images/s at ``--onnx-batch``
+images per run, for ``--onnx-seconds``, on the execution provider onnxruntime picks
+(CUDA where it is installed with GPU support, else all CPU cores).
+
+Checkpoints live in ``--work-dir``, one folder per model, and a rerun resumes each
+from its last epoch. Writes ``results.json`` and ``results.md`` to ``--out``. Needs
+only torch, torchvision, onnx, onnxruntime and ssl_core, so it runs on a bare GPU
+machine. At 32 px MobileNetV3 (stride 32) pools a 1x1 map: it is the size the
+students are served at, and Imagenette at 128 px (``--dataset imagenette
+--teacher resnet50 --students resnet18,mobilenet_v3_small``) is the fairer setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.lightly_benchmark import (
+    DATASETS,
+    REPO_ROOT,
+    DatasetSpec,
+    Evaluation,
+    EvaluationData,
+    MethodResult,
+    evaluation_data,
+    prepare,
+    random_init_evaluation,
+    run_method,
+    trained_model_path,
+)
+from ssl_core.export import export_onnx
+from ssl_core.model_file import load_embedding_model
+from ssl_core.onnx_embedder import OnnxEmbedder
+from ssl_core.onnx_format import OnnxMetadata
+from ssl_core.precision import resolve_device
+
+TEACHER_METHODS = ("simclr", "dino")
+
+
+@dataclass
+class ModelResult:
+    """One trained model: how it was trained, its kNN accuracy, and how fast it serves."""
+
+    role: str  # teacher | distilled | simclr alone
+    backbone: str
+    method: str
+    epochs: int
+    train_seconds: float
+    knn_top1: float
+    best_knn_top1: float
+    random_init_knn_top1: float
+    parameters_millions: float
+    onnx_images_per_second: float = 0.0
+    onnx_provider: str = ""
+    knn_per_epoch: list[float] | None = None
+    model_file: str = ""
+
+
+def model_args(args: argparse.Namespace, name: str, epochs: int) -> argparse.Namespace:
+    """The lightly benchmark's arguments for one model: its own work folder (checkpoints, model.pt) and epochs."""
+    model = copy.copy(args)
+    model.work_dir = args.work_dir / name
+    model.epochs = epochs
+    return model
+
+
+def train_model(
+    role: str,
+    method: str,
+    backbone: str,
+    epochs: int,
+    spec: DatasetSpec,
+    root: Path,
+    args: argparse.Namespace,
+    data: EvaluationData,
+    random_inits: dict[str, Evaluation],
+    teacher: Path | None = None,
+) -> ModelResult:
+    """Trains (or resumes) one model with :func:`run_method` in its own folder of ``--work-dir``.
+
+    ``random_inits`` caches each backbone's random-init evaluation across calls.
+    """
+    model_spec = replace(spec, backbone=backbone)
+    run_args = model_args(args, f"{role.replace(' ', '-')}-{backbone}", epochs)
+    if backbone not in random_inits:
+        random_inits[backbone] = random_init_evaluation(model_spec, data, run_args)
+    random_init = random_inits[backbone]
+    print(f"== {role}: {backbone} with {method}, {epochs} epoch(s)", flush=True)
+    trained: MethodResult = run_method(method, model_spec, root, run_args, teacher, data, random_init)
+    path = trained_model_path(run_args, method)
+    module, _ = load_embedding_model(path)
+    result = ModelResult(
+        role=role,
+        backbone=backbone,
+        method=method,
+        epochs=epochs,
+        train_seconds=trained.train_seconds,
+        knn_top1=trained.final_knn_top1,
+        best_knn_top1=trained.best_knn_top1,
+        random_init_knn_top1=random_init.knn_top1,
+        parameters_millions=sum(p.numel() for p in module.parameters()) / 1e6,
+        knn_per_epoch=trained.knn_per_epoch,
+        model_file=str(path),
+    )
+    return result
+
+
+def onnx_throughput(model_path: Path, batch: int, seconds: float) -> tuple[float, str]:
+    """Images/s of the exported model under onnxruntime, and the execution provider that ran it."""
+    module, info = load_embedding_model(model_path)
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = export_onnx(module, OnnxMetadata.from_info(info), Path(folder) / "model.onnx", opset=18)
+        embedder = OnnxEmbedder(onnx_path)
+        inputs = np.random.default_rng(0).standard_normal((batch, 3, info.image_size, info.image_size), np.float32)
+        embedder.embed_arrays(inputs)  # the first run allocates and plans
+        runs, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            embedder.embed_arrays(inputs)
+            runs += 1
+        return runs * batch / elapsed, embedder.provider
+
+
+def simclr_epochs_for(seconds: float, epoch_seconds: float) -> int:
+    """SimCLR epochs that fit in ``seconds`` at ``epoch_seconds`` each, at least one."""
+    return max(1, round(seconds / max(epoch_seconds, 1e-9)))
+
+
+def run(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> list[ModelResult]:
+    data = evaluation_data(spec, root, args)
+    inits: dict[str, Evaluation] = {}
+    teacher = train_model(
+        "teacher", args.teacher_method, args.teacher, args.teacher_epochs, spec, root, args, data, inits
+    )
+    results = [teacher]
+    for student in args.students:
+        distilled = train_model(
+            "distilled",
+            "distillation",
+            student,
+            args.student_epochs,
+            spec,
+            root,
+            args,
+            data,
+            inits,
+            teacher=Path(teacher.model_file),
+        )
+        probe = train_model("simclr probe", "simclr", student, 1, spec, root, args, data, inits)
+        epochs = simclr_epochs_for(distilled.train_seconds, probe.train_seconds)
+        alone = train_model("simclr alone", "simclr", student, epochs, spec, root, args, data, inits)
+        results += [distilled, alone]
+        write_results(args, results)
+    for result in results:
+        result.onnx_images_per_second, result.onnx_provider = onnx_throughput(
+            Path(result.model_file), args.onnx_batch, args.onnx_seconds
+        )
+        print(f"  ONNX {result.role} {result.backbone}: {result.onnx_images_per_second:,.0f} images/s", flush=True)
+    return results
+
+
+def header(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> dict:
+    device = resolve_device(args.device)
+    return {
+        "dataset": args.dataset,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "loader": args.loader,
+        "image_size": spec.image_size,
+        "train_per_class": args.train_per_class,
+        "test_per_class": args.test_per_class,
+        "onnx_batch": args.onnx_batch,
+        "command": "python benchmarks/distillation_benchmark.py " + " ".join(args.argv),
+    }
+
+
+def write_results(args: argparse.Namespace, results: list[ModelResult]) -> None:
+    """``results.json`` and ``results.md``; written after every student, so a crash loses none before it."""
+    spec = DATASETS[args.dataset]
+    head = header(args, spec, args.work_dir / "data" / spec.top)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"header": head, "results": [asdict(r) for r in results]}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "results.md").write_text(markdown(head, results))
+
+
+def markdown(head: dict, results: list[ModelResult]) -> str:
+    lines = [
+        f"# Distillation benchmark: {head['dataset']} ({head['device']}, torch {head['torch']})",
+        "",
+        f"`{head['command']}`",
+        "",
+        f"Batch {head['batch_size']}, {head['precision']}, {head['loader']} loader, {head['image_size']} px. "
+        "kNN top-1 (k=200, t=0.1) on the test split; train time excludes the per-epoch evaluations; "
+        f"ONNX throughput with onnxruntime alone at {head['onnx_batch']} images per run.",
+        "",
+        "| model | backbone | method | epochs | params | train time | kNN top-1 | best (any epoch) "
+        "| random init | ONNX images/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        throughput = f"{r.onnx_images_per_second:,.0f} ({r.onnx_provider})" if r.onnx_images_per_second else "n/a"
+        lines.append(
+            f"| {r.role} | {r.backbone} | {r.method} | {r.epochs} | {r.parameters_millions:.1f} M "
+            f"| {r.train_seconds:.0f} s | {r.knn_top1:.4f} | {r.best_knn_top1:.4f} | {r.random_init_knn_top1:.4f} "
+            f"| {throughput} |"
+        )
+    teacher = next((r for r in results if r.role == "teacher"), None)
+    for distilled in (r for r in results if r.role == "distilled"):
+        alone = next((r for r in results if r.role == "simclr alone" and r.backbone == distilled.backbone), None)
+        if teacher is None or alone is None:
+            continue
+        lines += [
+            "",
+            f"**{distilled.backbone}**: distilled {distilled.knn_top1:.4f} in {distilled.train_seconds:.0f} s, "
+            f"{distilled.knn_top1 - alone.knn_top1:+.4f} against SimCLR alone in {alone.train_seconds:.0f} s, "
+            f"{distilled.knn_top1 - teacher.knn_top1:+.4f} against its teacher; it serves "
+            f"{distilled.onnx_images_per_second / max(teacher.onnx_images_per_second, 1e-9):.1f}x "
+            "as many images/s as the teacher.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
+    parser.add_argument("--teacher", default="resnet50_cifar", help="the teacher's backbone")
+    parser.add_argument("--teacher-method", choices=TEACHER_METHODS, default="simclr")
+    parser.add_argument("--teacher-epochs", type=int, default=200)
+    parser.add_argument(
+        "--students", default="resnet18_cifar,mobilenet_v3_small", help="comma-separated student backbones"
+    )
+    parser.add_argument("--student-epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=None, help="peak lr for every model (default: the lightly recipe)")
+    parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
+    parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="bf16-mixed", choices=("fp32", "bf16-mixed"))
+    parser.add_argument("--num-workers", type=int, default=8)
+    parser.add_argument("--loader", choices=("pil", "device"), default="pil")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every backbone")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label-free-pairs", type=int, default=1024)
+    parser.add_argument("--onnx-batch", type=int, default=64)
+    parser.add_argument("--onnx-seconds", type=float, default=5.0)
+    parser.add_argument("--no-resume", dest="resume", action="store_false")
+    parser.add_argument("--datasets", type=Path, default=REPO_ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/ssl-distillation-benchmark"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
+    args.students = tuple(args.students.split(","))
+    args.work_dir = args.work_dir / args.dataset
+    spec = DATASETS[args.dataset]
+    root = prepare(spec, args.datasets, args.work_dir, args.train_per_class, args.test_per_class)
+    results = run(args, spec, root)
+    write_results(args, results)
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The distillation benchmark trains a teacher, distills it into two students, races each against SimCLR
+alone for the same time, and serves every model as ONNX, on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.distillation_benchmark import main, simclr_epochs_for
+from benchmarks.lightly_benchmark import DATASETS
+from tests.datasets import cut_cifar10
+
+TRAIN_PER_CLASS = 4  # 40 images: 2 steps of 16
+TEST_PER_CLASS = 2
+
+
+def test_simclr_gets_the_epochs_that_fit_in_the_distilled_students_time() -> None:
+    assert simclr_epochs_for(seconds=100.0, epoch_seconds=30.0) == 3
+    assert simclr_epochs_for(seconds=100.0, epoch_seconds=40.0) == 2  # 2.5 rounds to even
+    assert simclr_epochs_for(seconds=10.0, epoch_seconds=30.0) == 1  # never zero
+
+
+@pytest.mark.slow
+def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(tmp_path: Path) -> None:
+    spec = DATASETS["cifar10"]
+    datasets = tmp_path / "datasets"
+    cut_cifar10(datasets / spec.archive, TRAIN_PER_CLASS, TEST_PER_CLASS, top=spec.top)
+    out = tmp_path / "out"
+    # A small teacher and student keep the test short; the defaults are a ResNet-50 and two students.
+    # fmt: off
+    main([
+        "--teacher", "resnet34_cifar", "--students", "mobilenet_v3_small",
+        "--teacher-epochs", "1", "--student-epochs", "2", "--batch-size", "16", "--num-workers", "0",
+        "--label-free-pairs", "8", "--onnx-batch", "4", "--onnx-seconds", "0.2", "--device", "cpu",
+        "--datasets", str(datasets), "--work-dir", str(tmp_path / "work"), "--out", str(out),
+    ])
+    # fmt: on
+    report = json.loads((out / "results.json").read_text())
+    by_role = {r["role"]: r for r in report["results"]}
+    assert list(by_role) == ["teacher", "distilled", "simclr alone"]
+    teacher, distilled, alone = by_role["teacher"], by_role["distilled"], by_role["simclr alone"]
+    assert (teacher["backbone"], teacher["method"], teacher["epochs"]) == ("resnet34_cifar", "simclr", 1)
+    assert (distilled["backbone"], distilled["method"], distilled["epochs"]) == (
+        "mobilenet_v3_small",
+        "distillation",
+        2,
+    )
+    assert (alone["backbone"], alone["method"]) == ("mobilenet_v3_small", "simclr")
+    assert alone["epochs"] >= 1
+    # The student is a fraction of the teacher, and every model was scored and served.
+    assert distilled["parameters_millions"] < teacher["parameters_millions"] / 5
+    for result in report["results"]:
+        assert 0.0 <= result["knn_top1"] <= 1.0 and 0.0 <= result["random_init_knn_top1"] <= 1.0
+        assert len(result["knn_per_epoch"]) == result["epochs"]
+        assert result["train_seconds"] > 0
+        assert result["onnx_images_per_second"] > 0 and result["onnx_provider"] == "CPUExecutionProvider"
+        assert Path(result["model_file"]).is_file()
+    page = (out / "results.md").read_text()
+    assert "**mobilenet_v3_small**: distilled" in page and "against SimCLR alone" in page
