@@ -36,6 +36,7 @@ from prefect.tasks import exponential_backoff
 from prefect.types.entrypoint import EntrypointType
 
 from flows.schedule import DEFAULT_TIMEZONE, build_schedule, require_prefect_server
+from tasks.cli import add_schedule_arguments
 from tasks.embed import EmbeddingModel, EmbedReport, embed_dataset, resolve_model
 from tasks.embed.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, check_output
 from tasks.embed.sources import source_kind
@@ -188,10 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="replace the output of an earlier run (default); --no-overwrite refuses to",
     )
-    when = parser.add_mutually_exclusive_group()
-    when.add_argument("--cron", help="cron expression, e.g. '0 3 * * *' for 03:00 every day (default: run once now)")
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between runs")
-    parser.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="IANA timezone of --cron (default: %(default)s)")
+    add_schedule_arguments(parser, required=False, cron_example="'0 3 * * *' for 03:00 every day")
     parser.add_argument("--name", default=None, help="deployment name (default: the data folder's name)")
     parser.add_argument("--project-dir", default=str(PROJECT_DIR), help="project with params.yaml and mlflow.db")
     parser.add_argument("--retry-backoff", type=float, default=None, help="first wait before retrying the model")
@@ -206,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             report = embed_folder(**parameters)
             print(f"{report['num_embedded']} embedded, {report['num_skipped']} skipped: {', '.join(report['out'])}")
             return 0
-        schedule = build_schedule(args.cron, args.interval, args.timezone)
+        schedule = build_schedule(args.cron, args.interval, args.timezone or DEFAULT_TIMEZONE)
         url = require_prefect_server()
         name = args.name or Path(parameters["data"]).name.split(".")[0]
         print(

@@ -19,13 +19,12 @@ start. To run on a work pool instead of this process, see ``prefect.yaml``.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 from pathlib import Path
 
 # First: it sets Prefect's environment (home folder, no telemetry) before prefect is imported.
-from flows.pipeline import PROJECT_DIR, ssl_pipeline
+from flows.pipeline import ssl_pipeline
 
 # isort: split
 from prefect.client.orchestration import get_client
@@ -35,7 +34,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.types.entrypoint import EntrypointType
 from pydantic import ValidationError
 
-from tasks.errors import USER_ERROR_EXIT_STATUS, UserError
+from tasks.errors import UserError
 from tasks.stages import STAGE_NAMES
 
 DEFAULT_TIMEZONE = "UTC"
@@ -154,33 +153,10 @@ def schedule_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve the SSL pipeline as a scheduled Prefect deployment.")
-    when = parser.add_mutually_exclusive_group(required=True)
-    when.add_argument("--cron", help="cron expression, e.g. '0 2 * * *' for 02:00 every day")
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between runs")
-    parser.add_argument(
-        "--timezone", default=DEFAULT_TIMEZONE, help="IANA timezone of the cron expression (default: %(default)s)"
-    )
-    parser.add_argument("--project-dir", default=str(PROJECT_DIR), help="the DVC project (default: this repository)")
-    parser.add_argument("--name", default=None, help="deployment name (default: the project folder's name)")
-    parser.add_argument(
-        "--stages", nargs="+", choices=STAGE_NAMES, metavar="STAGE", help=f"subset of {STAGE_NAMES} (default: all)"
-    )
-    parser.add_argument(
-        "--retry-backoff",
-        type=float,
-        metavar="SECONDS",
-        help="first wait before retrying a stage (default: the flow's)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        schedule_pipeline(
-            args.project_dir, args.cron, args.interval, args.timezone, args.name, args.stages, args.retry_backoff
-        )
-    except UserError as error:
-        print(f"python -m flows.schedule: error: {error}", file=sys.stderr)
-        return USER_ERROR_EXIT_STATUS
-    return 0
+    """``python -m flows.schedule ARGS`` is ``sslpipe schedule ARGS``: one parser, one set of checks."""
+    from tasks.cli import main as sslpipe
+
+    return sslpipe(["schedule", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -124,6 +124,19 @@ def print_summary(seconds: float | None = None) -> None:
     print("\n".join(lines))
 
 
+def add_schedule_arguments(parser: argparse.ArgumentParser, *, required: bool, cron_example: str) -> None:
+    """``--cron`` or ``--interval``, and ``--timezone``: when a served Prefect deployment runs.
+
+    Shared by ``sslpipe schedule`` (and ``python -m flows.schedule``, the same command)
+    and ``python -m flows.embed``; ``required=False`` means "run once now" without either.
+    """
+    when = parser.add_mutually_exclusive_group(required=required)
+    once = "" if required else " (default: run once now)"
+    when.add_argument("--cron", help=f"cron expression, e.g. {cron_example}{once}")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between runs")
+    parser.add_argument("--timezone", default=None, help="IANA timezone of the cron expression (default: UTC)")
+
+
 def add_model_cache_argument(parser: argparse.ArgumentParser) -> None:
     """``--cache``: where the commands that load a registry model (serve, embed) download it."""
     parser.add_argument(
@@ -219,10 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interval, until Ctrl-C (which pauses the schedule). Needs a Prefect server: `prefect server start`, then "
         "`export PREFECT_API_URL=http://127.0.0.1:4200/api`.",
     )
-    when = p.add_mutually_exclusive_group(required=True)
-    when.add_argument("--cron", help="cron expression, e.g. '0 2 * * *' for 02:00 every day")
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between runs")
-    p.add_argument("--timezone", default=None, help="IANA timezone of the cron expression (default: UTC)")
+    add_schedule_arguments(p, required=True, cron_example="'0 2 * * *' for 02:00 every day")
     p.add_argument(
         "--project-dir",
         type=Path,

@@ -31,7 +31,7 @@ def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(
     # A small teacher and student keep the test short; the defaults are a ResNet-50 and two students.
     # fmt: off
     main([
-        "--teacher", "resnet34_cifar", "--students", "mobilenet_v3_small",
+        "--teacher", "resnet18_cifar", "--students", "mobilenet_v3_small",
         "--teacher-epochs", "1", "--student-epochs", "2", "--batch-size", "16", "--num-workers", "0",
         "--label-free-pairs", "8", "--onnx-batch", "4", "--onnx-seconds", "0.2", "--device", "cpu",
         "--datasets", str(datasets), "--work-dir", str(tmp_path / "work"), "--out", str(out),
@@ -41,7 +41,7 @@ def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(
     by_role = {r["role"]: r for r in report["results"]}
     assert list(by_role) == ["teacher", "distilled", "simclr alone"]
     teacher, distilled, alone = by_role["teacher"], by_role["distilled"], by_role["simclr alone"]
-    assert (teacher["backbone"], teacher["method"], teacher["epochs"]) == ("resnet34_cifar", "simclr", 1)
+    assert (teacher["backbone"], teacher["method"], teacher["epochs"]) == ("resnet18_cifar", "simclr", 1)
     assert (distilled["backbone"], distilled["method"], distilled["epochs"]) == (
         "mobilenet_v3_small",
         "distillation",
