@@ -49,7 +49,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.lightly_benchmark import (
+# Run as a script (python benchmarks/distillation_benchmark.py): the repository root holds `benchmarks`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.lightly_benchmark import (  # noqa: E402
     DATASETS,
     REPO_ROOT,
     DatasetSpec,
@@ -62,11 +65,11 @@ from benchmarks.lightly_benchmark import (
     run_method,
     trained_model_path,
 )
-from ssl_core.export import export_onnx
-from ssl_core.model_file import load_embedding_model
-from ssl_core.onnx_embedder import OnnxEmbedder
-from ssl_core.onnx_format import OnnxMetadata
-from ssl_core.precision import resolve_device
+from ssl_core.export import export_onnx  # noqa: E402
+from ssl_core.model_file import load_embedding_model  # noqa: E402
+from ssl_core.onnx_embedder import OnnxEmbedder  # noqa: E402
+from ssl_core.onnx_format import OnnxMetadata  # noqa: E402
+from ssl_core.precision import resolve_device  # noqa: E402
 
 TEACHER_METHODS = ("simclr", "dino")
 
