@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -65,6 +64,7 @@ from benchmarks.lightly_benchmark import (  # noqa: E402
     run_method,
     trained_model_path,
 )
+from benchmarks.machine import device_description  # noqa: E402
 from ssl_core.export import export_onnx  # noqa: E402
 from ssl_core.model_file import load_embedding_model  # noqa: E402
 from ssl_core.onnx_embedder import OnnxEmbedder  # noqa: E402
@@ -199,9 +199,7 @@ def header(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> dict:
     device = resolve_device(args.device)
     return {
         "dataset": args.dataset,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_description(device),
         "torch": torch.__version__,
         "batch_size": args.batch_size,
         "precision": args.precision,

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import tarfile
@@ -62,6 +61,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
+# Run as a script (python benchmarks/lightly_benchmark.py): the repository root holds `benchmarks`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import device_description  # noqa: E402
 from ssl_core.augment import Normalization, ViewConfig, eval_transform
 from ssl_core.backbones import build_backbone
 from ssl_core.batch_augment import BatchViews
@@ -494,9 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     setup = {
         "dataset": args.dataset,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_description(device),
         "backbone": spec.backbone,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
