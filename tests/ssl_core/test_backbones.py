@@ -99,3 +99,20 @@ def test_a_non_resnet_backbone_pretrains_through_the_engine(cifar_folder, tmp_pa
     history = train(method, data, TrainConfig(epochs=1, batch_size=16, lr=0.05, device="cpu"), tmp_path)
     assert torch.isfinite(torch.tensor(history.epochs[0].loss)) and not history.epochs[0].collapsed
     assert any(not torch.equal(b, p) for b, p in zip(before, backbone.module.parameters(), strict=True))
+
+
+def test_eval_mode_features_survive_a_short_run_of_a_low_momentum_batchnorm_model():
+    """torchvision's MobileNetV3 comes with BatchNorm momentum 0.01: after 200 training-mode steps its
+    running statistics still lean on their initial (0, 1), and eval-mode features vanish (4e-6 of the
+    training-mode scale, measured). Built here with PyTorch's 0.1, they are on that scale (0.79)."""
+    torch.manual_seed(0)
+    backbone = build_backbone("mobilenet_v3_small", 32).module
+    momenta = {m.momentum for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert momenta == {0.1}
+    images = torch.rand(64, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(200):
+            backbone.train()(torch.rand(64, 3, 32, 32))
+        train_std = backbone.train()(images).std(dim=0).mean()
+        eval_std = backbone.eval()(images).std(dim=0).mean()
+    assert 0.5 < eval_std / train_std < 2
