@@ -32,7 +32,7 @@ def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(
     # fmt: off
     main([
         "--teacher", "resnet18_cifar", "--students", "mobilenet_v3_small",
-        "--teacher-epochs", "1", "--student-epochs", "2", "--batch-size", "16", "--num-workers", "0",
+        "--teacher-epochs", "1", "--student-epochs", "1", "--batch-size", "16", "--num-workers", "0",
         "--label-free-pairs", "8", "--onnx-batch", "4", "--onnx-seconds", "0.2", "--device", "cpu",
         "--datasets", str(datasets), "--work-dir", str(tmp_path / "work"), "--out", str(out),
     ])
@@ -42,11 +42,8 @@ def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(
     assert list(by_role) == ["teacher", "distilled", "simclr alone"]
     teacher, distilled, alone = by_role["teacher"], by_role["distilled"], by_role["simclr alone"]
     assert (teacher["backbone"], teacher["method"], teacher["epochs"]) == ("resnet18_cifar", "simclr", 1)
-    assert (distilled["backbone"], distilled["method"], distilled["epochs"]) == (
-        "mobilenet_v3_small",
-        "distillation",
-        2,
-    )
+    assert (distilled["backbone"], distilled["method"]) == ("mobilenet_v3_small", "distillation")
+    assert distilled["epochs"] == 1
     assert (alone["backbone"], alone["method"]) == ("mobilenet_v3_small", "simclr")
     assert alone["epochs"] >= 1
     # The student is a fraction of the teacher, and every model was scored and served.
