@@ -4,8 +4,9 @@
     python benchmarks/distillation_benchmark.py --loader device --teacher-epochs 200 --student-epochs 100 \
         --out benchmarks/results/gpu-distillation
     # Small scale on a CPU (a class-balanced subset, a few epochs):
-    python benchmarks/distillation_benchmark.py --train-per-class 200 --test-per-class 100 --batch-size 128 \
-        --teacher-epochs 4 --student-epochs 3 --num-workers 1 --out benchmarks/results/cpu-distillation
+    python benchmarks/distillation_benchmark.py --train-per-class 200 --test-per-class 100 --batch-size 64 \
+        --teacher-epochs 4 --student-epochs 7 --num-workers 1 --label-free-pairs 256 \
+        --out benchmarks/results/cpu-distillation
 
 What is trained, in order (every model evaluated with kNN, k=200 and t=0.1, on the
 whole test split after every epoch, as in :mod:`benchmarks.lightly_benchmark`):
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> list[ModelRe
     return results
 
 
-def header(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> dict:
+def header(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     return {
         "dataset": args.dataset,
@@ -204,7 +205,7 @@ def header(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> dict:
         "batch_size": args.batch_size,
         "precision": args.precision,
         "loader": args.loader,
-        "image_size": spec.image_size,
+        "image_size": DATASETS[args.dataset].image_size,
         "train_per_class": args.train_per_class,
         "test_per_class": args.test_per_class,
         "onnx_batch": args.onnx_batch,
@@ -214,8 +215,7 @@ def header(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> dict:
 
 def write_results(args: argparse.Namespace, results: list[ModelResult]) -> None:
     """``results.json`` and ``results.md``; written after every student, so a crash loses none before it."""
-    spec = DATASETS[args.dataset]
-    head = header(args, spec, args.work_dir / "data" / spec.top)
+    head = header(args)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"header": head, "results": [asdict(r) for r in results]}
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
