@@ -35,7 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from prefect.types.entrypoint import EntrypointType
 
-from flows.schedule import DEFAULT_TIMEZONE, build_schedule, require_prefect_server
+from flows.schedule import build_schedule, require_prefect_server
 from tasks.cli import add_schedule_arguments
 from tasks.embed import EmbeddingModel, EmbedReport, embed_dataset, resolve_model
 from tasks.embed.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, check_output
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             report = embed_folder(**parameters)
             print(f"{report['num_embedded']} embedded, {report['num_skipped']} skipped: {', '.join(report['out'])}")
             return 0
-        schedule = build_schedule(args.cron, args.interval, args.timezone or DEFAULT_TIMEZONE)
+        schedule = build_schedule(args.cron, args.interval, args.timezone)
         url = require_prefect_server()
         name = args.name or Path(parameters["data"]).name.split(".")[0]
         print(

@@ -44,19 +44,18 @@ class ScheduleError(UserError):
     """A schedule that cannot be served: a bad cron string, interval or timezone, or no Prefect server."""
 
 
-def build_schedule(
-    cron: str | None = None, interval: float | None = None, timezone: str = DEFAULT_TIMEZONE
-) -> Schedule:
+def build_schedule(cron: str | None = None, interval: float | None = None, timezone: str | None = None) -> Schedule:
     """A cron or interval schedule, checked now rather than when the server first reads it.
 
     Args:
         cron: a cron expression, e.g. ``"0 2 * * *"`` (02:00 every day, in ``timezone``).
         interval: seconds between runs.
-        timezone: IANA name, e.g. ``Europe/Berlin``: the clock the cron expression reads.
+        timezone: IANA name, e.g. ``Europe/Berlin``: the clock the cron expression reads (None: UTC).
 
     Raises:
         ScheduleError: naming the bad value, or when not exactly one of ``cron`` and ``interval`` is given.
     """
+    timezone = timezone or DEFAULT_TIMEZONE
     if (cron is None) == (interval is None):
         raise ScheduleError("give exactly one of --cron (e.g. '0 2 * * *') and --interval SECONDS")
     # Prefect's own schemas check the values; each error, reduced to a line, names its option and value.
@@ -147,7 +146,7 @@ def schedule_pipeline(
     retry_backoff_seconds: float | None = None,
 ) -> None:
     """Checks every argument, then serves the scheduled deployment (default name: the project folder's)."""
-    schedule = build_schedule(cron, interval, timezone or DEFAULT_TIMEZONE)
+    schedule = build_schedule(cron, interval, timezone)
     parameters = deployment_parameters(project_dir, stages, retry_backoff_seconds)
     serve_on_schedule(schedule, parameters, name or Path(parameters["project_dir"]).name)
 
