@@ -2,11 +2,11 @@
 # One call on a lent GPU machine (10 minutes at most): what the GPU tables need, in order of value.
 #
 #   1. the machine: GPU, driver, torch and torchvision versions;
-#   2. where a SimCLR step's time goes (augmentation, model step, compiled step: step_profile.py),
+#   2. where a SimCLR step's time goes (drawing and rendering the views, model step, each compiled: step_profile.py),
 #      and the DataLoader/PIL path for one SimCLR epoch: the baseline the fast path is measured against;
 #   3. every method for 2 epochs on the device path: images/s, epoch time, kNN time, peak memory;
 #   4. SimCLR with torch.compile for 2 epochs: what compiling gives;
-#   5. SimCLR for as many epochs as the time left allows, kNN after every epoch.
+#   5. SimCLR for as many epochs as the time left allows, kNN after every epoch, compiled if 4 showed it pays.
 #
 # Each stage has its own timeout, so a slow or failing stage leaves the later ones their time, and
 # every stage's results.json/results.md are packed into $OUT/results.tar.gz as soon as it ends.
@@ -18,6 +18,7 @@ DATASETS=${DATASETS:-../shared/datasets}
 BUDGET_S=${BUDGET_S:-560}      # the whole script, seconds
 WORKERS=${WORKERS:-14}
 EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 --device cpu" for a smoke run
+STEP_PROFILE_ARGS=${STEP_PROFILE_ARGS:-}  # e.g. "--batch-size 32 --calls 2 --device cpu" for a smoke run
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # ssl_core, uninstalled on a bare machine
 PY=${PYTHON:-$(command -v python3 || command -v python)}
@@ -49,27 +50,42 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $resul
 cat "$results/machine.txt"
 
 echo "== gpu-step-profile ($(left)s left)"
-timeout 120 "$PY" benchmarks/step_profile.py --out "$results/gpu-step-profile"
+timeout 150 "$PY" benchmarks/step_profile.py --out "$results/gpu-step-profile" $STEP_PROFILE_ARGS
 pack
 [ -n "${SKIP_PIL:-}" ] || bench gpu-cifar10-pil-1epoch 110 --loader pil --methods simclr --epochs 1
-bench gpu-cifar10-device-2epoch 220 --loader device --methods all --epochs 2
+bench gpu-cifar10-device-2epoch 200 --loader device --methods all --epochs 2
 bench gpu-cifar10-device-compile-2epoch 100 --loader device --methods simclr --epochs 2 --compile
 
-# The long run: as many epochs as fit in the time left, from stage 3's SimCLR epoch and kNN times.
-epochs=$("$PY" - "$results/gpu-cifar10-device-2epoch/results.json" "$(left)" <<'PY'
+# The long run: as many epochs as fit in the time left, eager or compiled, whichever stages 3 and 4
+# show to be faster in their steady state (last epoch's training plus its kNN, and compilation once).
+read -r epochs compile_flag < <("$PY" - "$results" "$(left)" <<'PY'
 import json, sys
-try:
-    runs = {r["method"]: r for r in json.load(open(sys.argv[1]))["results"]}
-    simclr = runs["simclr"]
-    per_epoch = simclr["train_seconds"] / simclr["epochs"] + (simclr["mean_eval_seconds"] or 0)
+from pathlib import Path
+
+def simclr(stage):
+    path = Path(sys.argv[1]) / stage / "results.json"
+    return {r["method"]: r for r in json.loads(path.read_text())["results"]}["simclr"]
+
+def plan(run, flag):
+    """(epochs that fit, flag) from a 2-epoch run: its last epoch's cost, and the first's extra (compiling)."""
+    first, last = run["per_epoch"][0], run["per_epoch"][-1]
+    per_epoch = last["train_seconds"] + (run["mean_eval_seconds"] or 0)
+    once = max(first["train_seconds"] - last["train_seconds"], 0)
     # 40 s for start-up (decoding, random-init evaluation) and saving; 10% margin.
-    print(max(1, int((int(sys.argv[2]) - 40) * 0.9 / per_epoch)))
-except Exception as error:  # stage 3 failed: no long run
-    print(0)
-    print(f"no long run: {error!r}", file=sys.stderr)
+    return max(0, int(((int(sys.argv[2]) - 40) * 0.9 - once) / per_epoch)), flag
+
+plans = []
+for stage, flag in (("gpu-cifar10-device-2epoch", "-"), ("gpu-cifar10-device-compile-2epoch", "--compile")):
+    try:
+        plans.append(plan(simclr(stage), flag))
+    except Exception as error:  # that stage failed: not a candidate
+        print(f"{stage}: {error!r}", file=sys.stderr)
+print(*max(plans, default=(0, "-")))
 PY
 )
-if [ "$epochs" -gt 0 ]; then
-  bench "gpu-cifar10-device-simclr-${epochs}epoch" $(( $(left) - 5 )) --loader device --methods simclr --epochs "$epochs"
+[ "$compile_flag" = "-" ] && compile_flag=""
+if [ "${epochs:-0}" -gt 0 ]; then
+  bench "gpu-cifar10-device-simclr-${epochs}epoch${compile_flag:+-compile}" $(( $(left) - 5 )) \
+    --loader device --methods simclr --epochs "$epochs" $compile_flag
 fi
 echo "done after $(( $(date +%s) - started ))s"

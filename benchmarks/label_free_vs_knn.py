@@ -70,7 +70,9 @@ def load_points(path: Path) -> list[Point]:
         points.append(Point(run, RANDOM_INIT, 0, **random_init))
     for result in report["results"]:
         for entry in result.get("per_epoch", []):
-            points.append(Point(run, result["method"], **entry))
+            # Entries also carry timings (train_seconds, eval_seconds) that are no point's concern.
+            scores = {name: entry[name] for name in ("epoch", "knn_top1", "rankme", "alignment", "uniformity")}
+            points.append(Point(run, result["method"], **scores))
     if len(points) < 2:
         raise ValueError(f"{path} holds no per-epoch label-free scores; rerun lightly_benchmark.py to record them")
     return points

@@ -296,13 +296,14 @@ class BatchViews:
         self.normalization = normalization
         self._render = normalized_view
 
-    def compile(self) -> None:
+    def compile(self, mode: str | None = None) -> None:
         """Renders through ``torch.compile``: the drawn views' dozens of elementwise steps become a few kernels.
 
         The random draws stay eager (a compiled graph cannot take a ``torch.Generator``),
-        so the views are the same as uncompiled, up to float rounding.
+        so the views are the same as uncompiled, up to float rounding. ``mode`` is
+        ``torch.compile``'s (``"reduce-overhead"`` replays CUDA graphs).
         """
-        self._render = torch.compile(normalized_view, dynamic=False)
+        self._render = torch.compile(normalized_view, dynamic=False, mode=mode)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         """(B, 3, H, W) uint8 on the generator's device -> one (B, 3, s, s) float tensor per spec.
