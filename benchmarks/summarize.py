@@ -43,10 +43,21 @@ def final_with_gain(result: dict) -> str:
 def load_runs(results_dir: Path) -> dict[str, dict]:
     """Every ``<run>/results.json`` of ``lightly_benchmark.py`` under ``results_dir``, by run folder name.
 
-    Other benchmarks' folders (curation, label-free vs kNN) hold results.json files of their own shape: skipped.
+    Other benchmarks' folders (curation, label-free vs kNN, distillation) hold results.json files of their own
+    shape: skipped.
     """
     reports = {path.parent.name: json.loads(path.read_text()) for path in sorted(results_dir.glob("*/results.json"))}
-    return {name: r for name, r in reports.items() if "dataset" in r.get("header", {}) and "results" in r}
+    return {name: r for name, r in reports.items() if is_knn_benchmark(r)}
+
+
+def is_knn_benchmark(report: dict) -> bool:
+    """A ``lightly_benchmark.py`` report: a dataset in its header, and per method a learning rate and kNN curve."""
+    results = report.get("results")
+    return (
+        "dataset" in report.get("header", {})
+        and isinstance(results, list)
+        and all("lr" in r and "knn_per_epoch" in r for r in results)
+    )
 
 
 def plot_run(name: str, run: dict, path: Path) -> Path:

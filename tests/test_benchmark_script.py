@@ -104,12 +104,17 @@ def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path, datas
     assert resumed["train_seconds"] == report["results"][0]["train_seconds"]
     assert resumed["peak_host_memory_gb"] is None
 
+    # The distillation benchmark's report also names a dataset, but its rows are models, not methods' kNN curves.
+    distillation = tmp_path / "distillation" / "results.json"
+    distillation.parent.mkdir()
+    distillation.write_text(json.dumps({"header": {"dataset": "cifar10"}, "results": [{"role": "teacher"}]}))
     summarize.main(["--results", str(tmp_path)])  # the overview of every run folder under tmp_path
     overview = (tmp_path / "README.md").read_text()
     simclr = report["results"][0]
     gain = simclr["final_knn_top1"] - simclr["random_init_knn_top1"]
     assert f"| simclr | {simclr['final_knn_top1']:.3f} ({gain:+.3f}) | 0.848 |" in overview
     assert (out / "knn_per_epoch.png").read_bytes().startswith(b"\x89PNG")
+    assert not (distillation.parent / "knn_per_epoch.png").exists()
 
 
 def scores(knn_top1: float) -> dict[str, float]:
