@@ -209,6 +209,11 @@ class _TrainingSettings(_Section):
     seed: int = 0
     device: str = "auto"
     precision: str = "bf16-mixed"
+    # torch.compile the backbone and the device-side view rendering. "auto": on a single CUDA
+    # process, where an H200 trained a SimCLR epoch 1.51x faster after ~35 s of compiling
+    # (benchmarks/README.md); off on the CPU (minutes of compiling for a few epochs) and under
+    # DDP (compiled DDP has not run on a GPU here).
+    compile: bool | Literal["auto"] = "auto"
     num_workers: int = Field(default=1, ge=0)
     # Continue from the last epoch checkpoint of an interrupted run.
     resume: bool = True

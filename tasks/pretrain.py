@@ -281,6 +281,7 @@ def run(
         "training": training.model_dump(mode="json"),  # processes included: it is in the fingerprint
         "data": data.model_dump(mode="json"),
         "lr": config.lr,
+        "compiled": config.compile,  # training.compile resolved for this machine
         "teacher": teacher.description if teacher else None,
     }
     fingerprint = _fingerprint(resolved, ingested)
@@ -371,7 +372,15 @@ def train_config(training: TrainingParams, lr: float) -> TrainConfig:
         device=training.device,
         precision=training.precision,
         num_workers=training.num_workers,
+        compile=compiles(training),
     )
+
+
+def compiles(training: TrainingParams) -> bool:
+    """``training.compile``, with ``auto`` resolved: on for one process on a CUDA device."""
+    if training.compile != "auto":
+        return training.compile
+    return training.processes == 1 and resolve_device(training.device).type == "cuda"
 
 
 def steps_per_epoch(num_images: int, training: TrainingParams) -> int:
@@ -426,9 +435,11 @@ def history_record(
 
 
 def _fingerprint(resolved: dict, ingested: Path) -> str:
-    # What is monitored does not change what is trained: a resumed run may monitor differently.
-    training = {k: v for k, v in resolved["training"].items() if k != "monitor"}
-    blob = json.dumps({**resolved, "training": training}, sort_keys=True).encode()
+    # Neither what is monitored nor compiling changes what is trained (compiled kernels round
+    # differently, nothing more): a resumed run may monitor differently, or resume uncompiled.
+    training = {k: v for k, v in resolved["training"].items() if k not in ("monitor", "compile")}
+    kept = {k: v for k, v in resolved.items() if k != "compiled"}
+    blob = json.dumps({**kept, "training": training}, sort_keys=True).encode()
     blob += sha256_file(ingested / MANIFEST_NAME).encode()
     return hashlib.sha256(blob + torch.__version__.encode()).hexdigest()
 

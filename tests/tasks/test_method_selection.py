@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from ssl_core.backbones import Backbone, build_backbone
+from ssl_core.engine import TrainConfig
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
 from ssl_core.methods import (
     METHOD_NAMES,
@@ -192,11 +193,11 @@ class StopBeforeTraining(Exception):
     pass
 
 
-def peak_lr_of_a_run(overrides: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> float:
-    """The lr pretrain.run hands the engine, without training."""
+def config_of_a_run(overrides: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TrainConfig:
+    """The settings pretrain.run hands the engine, without training."""
 
     def capture(method, dataset, config, *args, **kwargs):
-        raise StopBeforeTraining(config.lr)
+        raise StopBeforeTraining(config)
 
     monkeypatch.setattr(pretrain, "train", capture)
     params = parse_params({"pretrain": {"backbone": "resnet18_cifar", **overrides}})
@@ -225,7 +226,39 @@ def test_pretrain_lr_follows_scale_lr(
     overrides: dict, expected: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = {"batch_size": 512, "base_lr": 0.06, **overrides}
-    assert peak_lr_of_a_run(settings, tmp_path, monkeypatch) == pytest.approx(expected)
+    assert config_of_a_run(settings, tmp_path, monkeypatch).lr == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on_cuda", "compiles"),
+    [
+        ({}, False, False),  # auto: compiling takes minutes on a CPU, for runs of a few epochs
+        ({}, True, True),  # auto: one CUDA process compiles (1.5x per epoch on an H200)
+        ({"processes": 2}, True, False),  # auto: compiled DDP has not run on a GPU here
+        ({"compile": True}, False, True),
+        ({"compile": False}, True, False),
+    ],
+)
+def test_compile_auto_means_one_cuda_process(
+    overrides: dict, on_cuda: bool, compiles: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = torch.device("cuda" if on_cuda else "cpu")
+    monkeypatch.setattr(pretrain, "resolve_device", lambda name: device)
+    assert pretrain.compiles(parse_params({"pretrain": overrides}).pretrain) is compiles
+
+
+@pytest.mark.parametrize(("overrides", "compiles"), [({}, False), ({"compile": True}, True)])
+def test_pretrain_hands_the_engine_the_resolved_compile(
+    overrides: dict, compiles: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("auto compiles on a CUDA machine")
+    assert config_of_a_run({"method": "simclr", **overrides}, tmp_path, monkeypatch).compile is compiles
+
+
+def test_compile_is_true_false_or_auto() -> None:
+    with pytest.raises(ParamsError, match="pretrain.compile"):
+        parse_params({"pretrain": {"compile": "yes please"}})
 
 
 def test_pretrain_refuses_a_method_that_needs_a_teacher_without_one(tmp_path: Path) -> None:
