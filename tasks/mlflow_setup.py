@@ -5,15 +5,20 @@ Postgres and an object store for teams); without it runs and the model registry
 live in ``mlflow.db`` in the project folder, with artifacts in ``mlartifacts/``.
 A DVC experiment run in a temporary copy of the project (``dvc exp run --temp`` or
 ``--queue``) registers into the project's store too, not into the throwaway copy.
+
+MLflow itself is imported on the first connection: stages that import this module
+for an optional registry lookup (curate's ``models:/`` embedder) skip its second
+of import time when they make none.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
-from mlflow import MlflowClient
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -43,10 +48,12 @@ def tracking_uri(project_dir: Path = Path(".")) -> str:
 
 def connect(project_dir: Path = Path(".")) -> MlflowClient:
     """Points mlflow at the tracking URI and returns a client for the registry."""
+    import mlflow
+
     uri = tracking_uri(project_dir)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def ensure_experiment(name: str, project_dir: Path = Path(".")) -> str:

@@ -3,6 +3,11 @@
 ``models:/<name>@<alias>`` or ``models:/<name>/<version>``. The teacher stage takes
 the PyTorch checkpoint logged with a registered version (to distill from it); the
 server takes its ONNX model.
+
+MLflow is imported where a URI is resolved, not with this module (nor with
+:mod:`tasks.mlflow_setup`): the curate stage imports it for its optional ``models:/``
+embedder and would otherwise pay about a second of MLflow import on every run that
+names none.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-
-import mlflow
-from mlflow.exceptions import MlflowException
+from typing import TYPE_CHECKING
 
 from tasks.errors import UserError
 from tasks.layout import MODEL_FILE
 from tasks.mlflow_setup import connect
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 MODELS_PREFIX = "models:/"
 # Where the register stage logs the student's model folder in its run.
@@ -43,7 +49,11 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     raise RegistryError(f"{uri!r}: name an alias or version, e.g. models:/{body}@champion.")
 
 
-def resolve_version(uri: str, project_dir: Path = Path(".")):
+def resolve_version(uri: str, project_dir: Path = Path(".")) -> ModelVersion:
+    """The registered version ``uri`` names, from the project's MLflow store (or ``MLFLOW_TRACKING_URI``)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     name, alias, version = parse_models_uri(uri)
     client = connect(project_dir)
     try:
@@ -59,6 +69,9 @@ def resolve_version(uri: str, project_dir: Path = Path(".")):
 
 def download_checkpoint(uri: str, destination: Path, project_dir: Path = Path(".")) -> Path:
     """The PyTorch ``model.pt`` logged with the run behind a registered version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     version = resolve_version(uri, project_dir)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -76,6 +89,8 @@ def download_checkpoint(uri: str, destination: Path, project_dir: Path = Path(".
 
 def download_onnx(uri: str, destination_dir: Path, project_dir: Path = Path(".")) -> Path:
     """The ONNX file of a registered version (by alias or number)."""
+    import mlflow
+
     version = resolve_version(uri, project_dir)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(destination_dir)))
     candidates = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,10 @@ def test_registry_errors_are_user_errors() -> None:
 def test_unknown_alias_says_what_to_do(download, client: MlflowClient, tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="Run the register stage first"):
         download("models:/nothing@champion", tmp_path / "model", project_dir=tmp_path)
+
+
+def test_the_curate_stage_imports_mlflow_only_to_resolve_a_uri() -> None:
+    """Curate imports this module for its optional ``models:/`` embedder: about a second of MLflow per run otherwise."""
+    probe = "import sys, tasks.curate; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
