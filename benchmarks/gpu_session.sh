@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (10 minutes at most): what the GPU tables need, in order of value.
+# One call on a lent GPU machine (10 minutes at most), in one of two plans.
 #
+# PLAN=table (the default): the lightly table, one method per session.
 #   1. the machine: GPU, driver, torch and torchvision versions;
+#   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch-compile-<method>,
+#      for 200 epochs with torch.compile and a kNN evaluation after every epoch (about 8 minutes for SimCLR
+#      on an H200). If the call ends first, the epochs it trained still come back (<method>-knn_per_epoch.json).
+#   Distillation is not in the order: its teacher is the best method trained in the same work dir, which
+#   a fresh machine does not have.
+#
+# PLAN=speed: where the time goes, after a change to the engine.
+#   1. the machine;
 #   2. where a SimCLR step's time goes (drawing and rendering the views, model step, each compiled: step_profile.py),
 #      and the DataLoader/PIL path for one SimCLR epoch: the baseline the fast path is measured against;
 #   3. every method for 2 epochs on the device path: images/s, epoch time, kNN time, peak memory;
@@ -19,6 +28,9 @@ BUDGET_S=${BUDGET_S:-560}      # the whole script, seconds
 WORKERS=${WORKERS:-14}
 EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 --device cpu" for a smoke run
 STEP_PROFILE_ARGS=${STEP_PROFILE_ARGS:-}  # e.g. "--batch-size 32 --calls 2 --device cpu" for a smoke run
+PLAN=${PLAN:-table}
+TABLE_EPOCHS=${TABLE_EPOCHS:-200}
+TABLE_ORDER=${TABLE_ORDER:-simclr barlowtwins simsiam byol moco dino}  # cheapest first; DINO (8 crops) last
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # ssl_core, uninstalled on a bare machine
 PY=${PYTHON:-$(command -v python3 || command -v python)}
@@ -39,6 +51,11 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $resul
   timeout "$limit" "$PY" benchmarks/lightly_benchmark.py --dataset cifar10 --datasets "$DATASETS" \
     --num-workers "$WORKERS" --work-dir "/tmp/gpu-session-work/$name" --out "$results/$name" $EXTRA "$@"
   echo "== $name exit $? after $(( $(date +%s) - started ))s"
+  # Each method's per-epoch log too: it holds the epochs trained before a timeout cut the run short.
+  mkdir -p "$results/$name"
+  for log in "/tmp/gpu-session-work/$name"/cifar10/runs/*/knn_per_epoch.json; do
+    [ -e "$log" ] && cp "$log" "$results/$name/$(basename "$(dirname "$log")")-knn_per_epoch.json"
+  done
   pack
 }
 
@@ -49,16 +66,33 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $resul
 } > "$results/machine.txt" 2>&1
 cat "$results/machine.txt"
 
-echo "== gpu-step-profile ($(left)s left)"
-timeout 150 "$PY" benchmarks/step_profile.py --out "$results/gpu-step-profile" $STEP_PROFILE_ARGS
-pack
-[ -n "${SKIP_PIL:-}" ] || bench gpu-cifar10-pil-1epoch 110 --loader pil --methods simclr --epochs 1
-bench gpu-cifar10-device-2epoch 200 --loader device --methods all --epochs 2
-bench gpu-cifar10-device-compile-2epoch 100 --loader device --methods simclr --epochs 2 --compile
+table() {
+  local method=""
+  for candidate in $TABLE_ORDER; do
+    if ! compgen -G "benchmarks/results/gpu-*-cifar10-${TABLE_EPOCHS}epoch-compile-$candidate" >/dev/null; then
+      method=$candidate
+      break
+    fi
+  done
+  if [ -z "$method" ]; then
+    echo "== every method of TABLE_ORDER ($TABLE_ORDER) has a committed ${TABLE_EPOCHS}-epoch result"
+    return
+  fi
+  bench "gpu-cifar10-${TABLE_EPOCHS}epoch-compile-$method" $(( $(left) - 5 )) \
+    --loader device --methods "$method" --epochs "$TABLE_EPOCHS" --compile
+}
 
-# The long run: as many epochs as fit in the time left, eager or compiled, whichever stages 3 and 4
-# show to be faster in their steady state (last epoch's training plus its kNN, and compilation once).
-read -r epochs compile_flag < <("$PY" - "$results" "$(left)" <<'PY'
+speed() {
+  echo "== gpu-step-profile ($(left)s left)"
+  timeout 150 "$PY" benchmarks/step_profile.py --out "$results/gpu-step-profile" $STEP_PROFILE_ARGS
+  pack
+  [ -n "${SKIP_PIL:-}" ] || bench gpu-cifar10-pil-1epoch 110 --loader pil --methods simclr --epochs 1
+  bench gpu-cifar10-device-2epoch 200 --loader device --methods all --epochs 2
+  bench gpu-cifar10-device-compile-2epoch 100 --loader device --methods simclr --epochs 2 --compile
+
+  # The long run: as many epochs as fit in the time left, eager or compiled, whichever stages 3 and 4
+  # show to be faster in their steady state (last epoch's training plus its kNN, and compilation once).
+  read -r epochs compile_flag < <("$PY" - "$results" "$(left)" <<'PY'
 import json, sys
 from pathlib import Path
 
@@ -84,10 +118,17 @@ for stage, flag in (("gpu-cifar10-device-2epoch", "-"), ("gpu-cifar10-device-com
         print(f"{stage}: {error!r}", file=sys.stderr)
 print(*max(plans, default=(0, "-")))
 PY
-)
-[ "$compile_flag" = "-" ] && compile_flag=""
-if [ "${epochs:-0}" -gt 0 ]; then
-  bench "gpu-cifar10-device-simclr-${epochs}epoch${compile_flag:+-compile}" $(( $(left) - 5 )) \
-    --loader device --methods simclr --epochs "$epochs" $compile_flag
-fi
+  )
+  [ "$compile_flag" = "-" ] && compile_flag=""
+  if [ "${epochs:-0}" -gt 0 ]; then
+    bench "gpu-cifar10-device-simclr-${epochs}epoch${compile_flag:+-compile}" $(( $(left) - 5 )) \
+      --loader device --methods simclr --epochs "$epochs" $compile_flag
+  fi
+}
+
+case "$PLAN" in
+  table) table ;;
+  speed) speed ;;
+  *) echo "PLAN must be table or speed, not $PLAN" >&2; exit 2 ;;
+esac
 echo "done after $(( $(date +%s) - started ))s"
