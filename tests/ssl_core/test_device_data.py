@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-from ssl_core import device_data
+from ssl_core import batch_augment, device_data
 from ssl_core.augment import Normalization, ViewConfig, eval_transform
 from ssl_core.batch_augment import BatchViews
 from ssl_core.data import ManifestDataset
@@ -288,6 +288,28 @@ def test_device_path_other_seed_trains_differently(two_epoch_run, device_set: De
     config = dataclasses.replace(make_config(epochs=2), seed=8)
     train(other, device_set, config, tmp_path, fingerprint=FINGERPRINT)
     assert not torch.equal(two_epoch_run[1]["backbone.0.weight"], other.state_dict()["backbone.0.weight"])
+
+
+def test_a_compiled_run_trains_like_the_eager_one_with_the_same_checkpoints(
+    two_epoch_run, decoded: DeviceImages, tmp_path: Path
+) -> None:
+    """``compile`` (on by default for one CUDA process) compiles the backbone and the views in place.
+
+    The state dict keeps its keys, so checkpoints resume across compiled and eager runs, and the
+    training is the eager run's up to float rounding: the same draws, the same order.
+    """
+    _, eager_weights, eager_history, eager_dir, _ = two_epoch_run
+    compiled_set = with_views(decoded, simclr_views())  # compiling replaces its rendering: not the shared views
+    method = make_method()
+    config = dataclasses.replace(make_config(epochs=2), compile=True)
+    history = train(method, compiled_set, config, tmp_path, fingerprint=FINGERPRINT)
+    assert compiled_set.views._render is not batch_augment.normalized_view
+    compiled_keys = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["method"].keys()
+    assert compiled_keys == torch.load(eager_dir / CHECKPOINT_NAME, weights_only=True)["method"].keys()
+    assert [e.loss for e in history.epochs] == pytest.approx([e.loss for e in eager_history.epochs], rel=1e-3)
+    compiled_weights = weights(method)
+    for key, value in eager_weights.items():
+        torch.testing.assert_close(compiled_weights[key], value, atol=1e-3, rtol=1e-3, msg=key)
 
 
 # --- embedding -------------------------------------------------------------------------------
