@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import label_free_vs_knn, lightly_benchmark, summarize
 from benchmarks.lightly_benchmark import DATASETS, main
+from ssl_core.backbones import build_backbone
+from ssl_core.methods.factory import build_method
 from tests.datasets import cut_cifar10
 
 TRAIN_PER_CLASS = 8
@@ -189,3 +191,13 @@ def test_a_diverged_method_is_reported_and_the_others_still_run(
         m: "Loss became nan in epoch 1; lower the learning rate. (lr 0.02)" for m in ("simclr", "moco")
     }
     assert "**moco failed** and has no result: Loss became nan" in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.parametrize(("dataset", "views", "local_side"), [("cifar10", 2, None), ("imagenette", 8, 64)])
+def test_dino_trains_on_the_crops_of_lightlys_benchmark(dataset: str, views: int, local_side: int | None) -> None:
+    """CIFAR-10: 2 global crops only (lightly's n_local_views=0); Imagenette: 6 more local crops of half the side."""
+    spec = DATASETS[dataset]
+    dino = build_method("dino", build_backbone(spec.backbone, spec.image_size), lightly_benchmark.recipe("dino", spec))
+    specs = dino.view_specs(dino.view_config(spec.image_size, blur_prob=spec.blur_prob))
+    assert dino.num_views == len(specs) == views
+    assert {s.size for s in specs[2:]} == ({local_side} if local_side else set())
