@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -377,10 +380,31 @@ def train_config(training: TrainingParams, lr: float) -> TrainConfig:
 
 
 def compiles(training: TrainingParams) -> bool:
-    """``training.compile``, with ``auto`` resolved: on for one process on a CUDA device."""
+    """``training.compile``, with ``auto`` resolved: on for one process on a CUDA device that can compile."""
     if training.compile != "auto":
         return training.compile
-    return training.processes == 1 and resolve_device(training.device).type == "cuda"
+    if training.processes != 1 or resolve_device(training.device).type != "cuda":
+        return False
+    blocker = compile_blocker()
+    if blocker is not None:
+        logger.warning(
+            "compile: auto stays off, since %s; training uncompiled (1.5x slower per epoch on an H200).", blocker
+        )
+        return False
+    return True
+
+
+def compile_blocker() -> str | None:
+    """Why ``torch.compile`` cannot build GPU kernels on this machine, or None when it can.
+
+    Inductor writes Triton kernels, and Triton builds each kernel's launcher with the
+    system's C compiler: a CUDA machine without one would fail at the first step.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        return "no C compiler is found (gcc, clang or $CC), which Triton needs to build its kernel launchers"
+    return None
 
 
 def steps_per_epoch(num_images: int, training: TrainingParams) -> int:

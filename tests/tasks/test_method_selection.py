@@ -244,7 +244,25 @@ def test_compile_auto_means_one_cuda_process(
 ) -> None:
     device = torch.device("cuda" if on_cuda else "cpu")
     monkeypatch.setattr(pretrain, "resolve_device", lambda name: device)
+    monkeypatch.setattr(pretrain, "compile_blocker", lambda: None)  # a machine that can compile
     assert pretrain.compiles(parse_params({"pretrain": overrides}).pretrain) is compiles
+
+
+def test_compile_auto_stays_off_and_says_why_without_a_c_compiler(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Triton builds its kernel launchers with the system's C compiler: without one, auto trains uncompiled."""
+    pytest.importorskip("triton")  # in the CUDA torch wheels that CI installs
+    monkeypatch.setattr(pretrain, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(pretrain.shutil, "which", lambda name: None)
+    training = parse_params({}).pretrain
+    assert pretrain.compile_blocker() is not None and "C compiler" in pretrain.compile_blocker()
+    with caplog.at_level("WARNING", logger="tasks.pretrain"):
+        assert pretrain.compiles(training) is False
+    assert "compile: auto stays off, since no C compiler is found" in caplog.text
+    # Asked for explicitly, it is the user's call: the engine compiles and any failure is shown as it is.
+    assert pretrain.compiles(parse_params({"pretrain": {"compile": True}}).pretrain) is True
 
 
 @pytest.mark.parametrize(("overrides", "compiles"), [({}, False), ({"compile": True}, True)])
