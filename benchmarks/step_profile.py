@@ -6,7 +6,8 @@ On random uint8 images already on the device (50,000 of CIFAR-10's size), times
 with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
 
 - rendering SimCLR's two views of a batch (:class:`ssl_core.batch_augment.BatchViews`);
-- one SimCLR optimizer step (bf16 autocast, channels_last, fused SGD on a GPU) on those views;
+- one SimCLR optimizer step (bf16 autocast, channels_last, fused SGD on a GPU) on those views,
+  without and with cuDNN's autotuning of convolution algorithms (the engine's setting on CUDA);
 - the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it;
 - the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`.
 
@@ -27,7 +28,7 @@ from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.backbones import build_backbone
 from ssl_core.batch_augment import BatchViews, draw_view
 from ssl_core.methods.factory import build_method
-from ssl_core.precision import autocast, resolve_device
+from ssl_core.precision import autocast, cudnn_autotuning, resolve_device
 
 
 def seconds_per_call(fn: Callable[[], object], device: torch.device, calls: int, warmup: int = 5) -> float:
@@ -75,12 +76,15 @@ def main(argv: list[str] | None = None) -> None:
         return step
 
     step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
+    with cudnn_autotuning(device):  # as the engine trains on CUDA
+        tuned_step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__,
         "batch_size": args.batch_size,
         "augment_ms": augment * 1e3,
         "step_ms": step * 1e3,
+        "step_cudnn_autotuning_ms": tuned_step * 1e3,
         "augment_share": augment / (augment + step),
     }
     generator_state = generator.get_state()
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|",
         f"| 2 SimCLR views of {args.batch_size} images | {augment * 1e3:.2f} | {args.batch_size / augment:,.0f} |",
         f"| SimCLR step, {args.batch_size} images | {step * 1e3:.2f} | {args.batch_size / step:,.0f} |",
+        f"| the same, cuDNN autotuning (the engine's setting on CUDA) | {tuned_step * 1e3:.2f} | "
+        f"{args.batch_size / tuned_step:,.0f} |",
     ]
     lines.append(f"| drawing the views' random parameters (eager) | {results['draw_ms']:.2f} | |")
     size_of = {

@@ -57,7 +57,7 @@ from ssl_core.distributed import (
     world_size,
 )
 from ssl_core.methods.base import SSLMethod
-from ssl_core.precision import autocast, seed_everything
+from ssl_core.precision import autocast, cudnn_autotuning, seed_everything
 from ssl_core.schedules import cosine_schedule
 
 logger = logging.getLogger(__name__)
@@ -237,64 +237,70 @@ def train(
             logger.info("Ignoring %s: it belongs to a run with other data or settings.", checkpoint_path)
     model = data_parallel(method, device)
 
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        epoch_seed = config.seed * 1_000_003 + epoch
-        # Each rank augments with a stream of its own; rank 0, like a single process, with epoch_seed's.
-        generator = seed_everything(rank_seed(epoch_seed))
-        loader = _epoch_batches(dataset, batch_size, config, epoch, epoch_seed, generator, device)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        std_sum = torch.zeros((), device=device)
-        for step, (views, _labels) in enumerate(loader):
-            global_step = epoch * steps_per_epoch + step
-            lr = lr_schedule[global_step]
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            views = [v.to(device, memory_format=memory_format, non_blocking=True) for v in views]
-            method.before_step(global_step, len(lr_schedule))
-            with autocast(device, config.precision):
-                output = model(views)  # through DDP on several processes: its backward averages the gradients
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            if method.gradient_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), method.gradient_clip_norm)
-            optimizer.step()
-            method.after_optimizer_step()
-            loss_sum += output.loss.detach()
-            std_sum += F.normalize(output.features.float(), dim=1).std(dim=0).mean()
-            if on_step is not None:
-                on_step(StepInfo(epoch, step, steps_per_epoch, output.loss.detach(), lr))
-        # The means over all ranks: every rank logs, records and decides (a non-finite loss) alike.
-        all_reduce_mean_(loss_sum)
-        all_reduce_mean_(std_sum)
-        mean_loss = (loss_sum / steps_per_epoch).item()
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"Loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate.")
-        uniform_std = 1.0 / math.sqrt(output.features.shape[1])
-        embedding_std = (std_sum / steps_per_epoch).item()
-        stats = EpochStats(
-            epoch=epoch + 1,
-            loss=mean_loss,
-            lr=lr,
-            embedding_std=embedding_std,
-            collapsed=embedding_std < COLLAPSE_FRACTION * uniform_std,
-            seconds=time.perf_counter() - started,
-        )
-        history.epochs.append(stats)
-        logger.info(
-            "epoch %d/%d loss %.4f std %.4f (%.0fs)", epoch + 1, config.epochs, mean_loss, embedding_std, stats.seconds
-        )
-        if stats.collapsed:
-            logger.warning("Embeddings collapsed in epoch %d (std %.2e).", epoch + 1, embedding_std)
-        # Each rank's BatchNorm layers tracked its own batches: the checkpoint gets their mean, and every
-        # rank goes on from it, as a resumed run would.
-        average_running_stats_(method)
-        if rank() == 0:
-            _save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
-        barrier(device)  # no rank goes on, or returns, before the checkpoint is complete
-        if on_epoch_end is not None:
-            on_epoch_end(stats)
+    with cudnn_autotuning(device):
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            epoch_seed = config.seed * 1_000_003 + epoch
+            # Each rank augments with a stream of its own; rank 0, like a single process, with epoch_seed's.
+            generator = seed_everything(rank_seed(epoch_seed))
+            loader = _epoch_batches(dataset, batch_size, config, epoch, epoch_seed, generator, device)
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            std_sum = torch.zeros((), device=device)
+            for step, (views, _labels) in enumerate(loader):
+                global_step = epoch * steps_per_epoch + step
+                lr = lr_schedule[global_step]
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                views = [v.to(device, memory_format=memory_format, non_blocking=True) for v in views]
+                method.before_step(global_step, len(lr_schedule))
+                with autocast(device, config.precision):
+                    output = model(views)  # through DDP on several processes: its backward averages the gradients
+                optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                if method.gradient_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), method.gradient_clip_norm)
+                optimizer.step()
+                method.after_optimizer_step()
+                loss_sum += output.loss.detach()
+                std_sum += F.normalize(output.features.float(), dim=1).std(dim=0).mean()
+                if on_step is not None:
+                    on_step(StepInfo(epoch, step, steps_per_epoch, output.loss.detach(), lr))
+            # The means over all ranks: every rank logs, records and decides (a non-finite loss) alike.
+            all_reduce_mean_(loss_sum)
+            all_reduce_mean_(std_sum)
+            mean_loss = (loss_sum / steps_per_epoch).item()
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"Loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate.")
+            uniform_std = 1.0 / math.sqrt(output.features.shape[1])
+            embedding_std = (std_sum / steps_per_epoch).item()
+            stats = EpochStats(
+                epoch=epoch + 1,
+                loss=mean_loss,
+                lr=lr,
+                embedding_std=embedding_std,
+                collapsed=embedding_std < COLLAPSE_FRACTION * uniform_std,
+                seconds=time.perf_counter() - started,
+            )
+            history.epochs.append(stats)
+            logger.info(
+                "epoch %d/%d loss %.4f std %.4f (%.0fs)",
+                epoch + 1,
+                config.epochs,
+                mean_loss,
+                embedding_std,
+                stats.seconds,
+            )
+            if stats.collapsed:
+                logger.warning("Embeddings collapsed in epoch %d (std %.2e).", epoch + 1, embedding_std)
+            # Each rank's BatchNorm layers tracked its own batches: the checkpoint gets their mean, and every
+            # rank goes on from it, as a resumed run would.
+            average_running_stats_(method)
+            if rank() == 0:
+                _save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
+            barrier(device)  # no rank goes on, or returns, before the checkpoint is complete
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
     return history
 
 

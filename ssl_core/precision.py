@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -41,3 +42,20 @@ def seed_everything(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
+
+
+@contextlib.contextmanager
+def cudnn_autotuning(device: torch.device) -> Iterator[None]:
+    """On CUDA, cuDNN times its convolution algorithms for each new input shape and keeps the fastest.
+
+    Training feeds the same few shapes step after step, so the one-off timing pays back
+    at once; torchvision's reference training scripts turn it on the same way. Left off
+    where deterministic algorithms were asked for, and restored on exit.
+    """
+    previous = torch.backends.cudnn.benchmark
+    wanted = device.type == "cuda" and not torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark = previous or wanted
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
