@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (10 minutes at most), in one of two plans.
 #
 # PLAN=table (the default): the lightly table, one method per session.
-#   1. the machine: GPU, driver, torch and torchvision versions;
+#   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (30 s at most);
 #   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch-compile-<method>,
 #      for 200 epochs with torch.compile and a kNN evaluation after every epoch (about 8 minutes for SimCLR
 #      on an H200). If the call ends first, the epochs it trained still come back (<method>-knn_per_epoch.json).
@@ -67,6 +67,11 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $resul
 cat "$results/machine.txt"
 
 table() {
+  # First a quick eager step profile (cuDNN autotuning on and off; no compiling): 30 s at most.
+  echo "== gpu-step-profile-eager ($(left)s left)"
+  # shellcheck disable=SC2086
+  timeout 30 "$PY" benchmarks/step_profile.py --no-compile --out "$results/gpu-step-profile-eager" $STEP_PROFILE_ARGS
+  pack
   local method=""
   for candidate in $TABLE_ORDER; do
     if ! compgen -G "benchmarks/results/gpu-*-cifar10-${TABLE_EPOCHS}epoch-compile-$candidate" >/dev/null; then
