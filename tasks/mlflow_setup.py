@@ -6,9 +6,9 @@ live in ``mlflow.db`` in the project folder, with artifacts in ``mlartifacts/``.
 A DVC experiment run in a temporary copy of the project (``dvc exp run --temp`` or
 ``--queue``) registers into the project's store too, not into the throwaway copy.
 
-MLflow itself is imported on the first connection: stages that import this module
-for an optional registry lookup (curate's ``models:/`` embedder) skip its second
-of import time when they make none.
+MLflow itself is imported on the first connection: a stage that imports this module
+for an optional registry lookup (curate's ``models:/`` embedder) skips about a second
+of MLflow import when it makes none.
 """
 
 from __future__ import annotations
