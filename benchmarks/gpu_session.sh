@@ -71,6 +71,7 @@ table() {
   echo "== gpu-step-profile-eager ($(left)s left)"
   # shellcheck disable=SC2086
   timeout 30 "$PY" benchmarks/step_profile.py --no-compile --out "$results/gpu-step-profile-eager" $STEP_PROFILE_ARGS
+  echo "== gpu-step-profile-eager exit $? (124: timed out)"
   pack
   local method=""
   for candidate in $TABLE_ORDER; do
