@@ -143,7 +143,9 @@ def training_run(
         status = "FINISHED"
     finally:
         try:
-            mlflow.flush_async_logging()
+            # end_run drains the asynchronous metrics before it marks the run ended (MLflow's
+            # set_terminated shuts the logging queue down first): a flush before it waited
+            # a second more for nothing.
             mlflow.end_run(status=status)
         except Exception as error:  # noqa: BLE001
             logger.warning("MLflow: could not close run %s (%s).", run.info.run_id, error)
