@@ -79,6 +79,7 @@ from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
 from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig
 from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
+from ssl_core.optimizers import OPTIMIZERS
 from ssl_core.precision import autocast, resolve_device, seed_everything
 from ssl_core.teachers import load_teacher_file
 
@@ -125,6 +126,7 @@ class MethodResult:
     epochs: int = 0
     batch_size: int = 0
     lr: float = 0.0
+    optimizer: str = "sgd"  # results from before LARS were all SGD
     knn_per_epoch: list[float] = field(default_factory=list)
     final_knn_top1: float = 0.0
     best_knn_top1: float = 0.0
@@ -196,6 +198,7 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
         lr=lr,
         momentum=0.9,
         weight_decay=5e-4,
+        optimizer=method_class(method).optimizer if args.optimizer == "auto" else args.optimizer,
         seed=args.seed,
         device=args.device,
         precision=args.precision,
@@ -350,6 +353,7 @@ def run_method(
         args.epochs,
         config.batch_size,
         config.lr,
+        config.optimizer,
         random_init_knn_top1=random_init.knn_top1,
         random_init=asdict(random_init),
     )
@@ -379,7 +383,7 @@ def run_method(
         config,
         method_dir / "checkpoints",
         resume=args.resume,
-        fingerprint=f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{args.seed}",
+        fingerprint=f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{config.optimizer}-{args.seed}",
         on_epoch_end=evaluate_epoch,
     )
     # Training time only, from the epochs' own clocks: they stop before the per-epoch
@@ -436,8 +440,9 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         rank = f"{r.per_epoch[-1]['rankme']:.1f}" if r.per_epoch else "n/a"
         speed = f"{r.images_per_second:,.0f}" if r.images_per_second else "n/a"
         eval_time = f"{r.mean_eval_seconds:.2f} s" if r.mean_eval_seconds is not None else "n/a"
+        lr = f"{r.lr:g} LARS" if r.optimizer == "lars" else f"{r.lr:g}"
         lines.append(
-            f"| {r.method} | {r.epochs} | {r.lr:g} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
+            f"| {r.method} | {r.epochs} | {lr} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
             f"{r.random_init_knn_top1:.4f} | {rank} | {duration} | {speed} | {eval_time} | {memory} | {host} |"
         )
     random_init = next((r.random_init for r in results if r.random_init is not None), None)
@@ -472,6 +477,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         help="peak learning rate for every selected method (default: the lightly recipe)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=("auto", *OPTIMIZERS),
+        default="auto",
+        help="auto: the method's own (SGD as in the lightly recipe; LARS for VICReg)",
     )
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")

@@ -1,4 +1,4 @@
-"""The pretraining loop: SGD with a cosine schedule, per-epoch checkpoints, resume.
+"""The pretraining loop: SGD or LARS with a cosine schedule, per-epoch checkpoints, resume.
 
 One plain function, :func:`train`, owns the optimizer, schedule and checkpoints;
 the method (``SSLMethod``) owns the networks and the loss. Resuming is exact on
@@ -57,6 +57,7 @@ from ssl_core.distributed import (
     world_size,
 )
 from ssl_core.methods.base import SSLMethod
+from ssl_core.optimizers import build_optimizer
 from ssl_core.precision import autocast, cudnn_autotuning, seed_everything
 from ssl_core.schedules import cosine_schedule
 
@@ -80,6 +81,8 @@ class TrainConfig:
             dataset if larger).
         lr: peak learning rate (already scaled by the caller for the global batch).
         momentum, weight_decay: SGD settings.
+        optimizer: ``sgd``, or ``lars`` (SGD with layer-wise trust ratios, :mod:`ssl_core.optimizers`),
+            which VICReg needs at the recipe's learning rate.
         warmup_epochs: linear warm-up before the cosine decay.
         seed: seeds weights, data order and augmentations.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
@@ -100,6 +103,7 @@ class TrainConfig:
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
     warmup_epochs: int = 0
     seed: int = 0
     device: str = "auto"
@@ -206,7 +210,8 @@ def train(
         method.backbone.compile()  # in place: the state dict keeps its keys
         if isinstance(dataset, DeviceImages) and dataset.views is not None:
             dataset.views.compile()
-    optimizer = torch.optim.SGD(
+    optimizer = build_optimizer(
+        config.optimizer,
         method.trainable_parameters(),
         lr=config.lr,
         momentum=config.momentum,

@@ -279,11 +279,12 @@ def run(
     backbone = build_backbone(training.backbone, data.image_size)
     method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
     train_data = training_data(dataset, method, view_config(trained, training, data), data, training)
-    config = train_config(training, peak_lr(trained, training))
+    config = train_config(training, peak_lr(trained, training), optimizer_of(trained, training))
     resolved = {
         "training": training.model_dump(mode="json"),  # processes included: it is in the fingerprint
         "data": data.model_dump(mode="json"),
         "lr": config.lr,
+        "optimizer": config.optimizer,  # training.optimizer resolved for the method
         "compiled": config.compile,  # training.compile resolved for this machine
         "teacher": teacher.description if teacher else None,
     }
@@ -362,14 +363,20 @@ def peak_lr(trained: type[SSLMethod], training: TrainingParams) -> float:
     return trained.peak_lr(training.base_lr, training.batch_size * training.processes, scale)
 
 
-def train_config(training: TrainingParams, lr: float) -> TrainConfig:
-    """The engine's settings: ``training``'s, with the peak ``lr``."""
+def optimizer_of(trained: type[SSLMethod], training: TrainingParams) -> str:
+    """``training.optimizer``, or the method's own (:attr:`SSLMethod.optimizer`) for ``auto``."""
+    return trained.optimizer if training.optimizer == "auto" else training.optimizer
+
+
+def train_config(training: TrainingParams, lr: float, optimizer: str) -> TrainConfig:
+    """The engine's settings: ``training``'s, with the peak ``lr`` and the resolved ``optimizer``."""
     return TrainConfig(
         epochs=training.epochs,
         batch_size=training.batch_size,
         lr=lr,
         momentum=training.momentum,
         weight_decay=training.weight_decay,
+        optimizer=optimizer,
         warmup_epochs=training.warmup_epochs,
         seed=training.seed,
         device=training.device,

@@ -35,6 +35,9 @@ class BarlowTwins(SSLMethod):
 
     recipe = BarlowTwinsConfig
     num_views = 2
+    # As in the paper (sec. 4): under SGD its ~1000x larger gradients blow the weights up
+    # at the lightly recipe's lr, and short runs fall far below random init (docs/methods.md).
+    optimizer = "lars"
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: BarlowTwinsConfig = BarlowTwinsConfig()) -> None:
         super().__init__(backbone, feature_dim)

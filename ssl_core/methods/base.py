@@ -50,6 +50,8 @@ class SSLMethod(nn.Module):
         scales_lr_with_batch: whether the peak lr grows linearly with the batch size
             (:meth:`peak_lr`).
         crop_scale: (min, max) area fraction of its random resized crops.
+        optimizer: what it trains with by default: ``sgd``, or ``lars``
+            (:mod:`ssl_core.optimizers`) for losses that are not scale-invariant.
 
     Attributes:
         backbone: maps (B, 3, H, W) images to (B, feature_dim) features.
@@ -64,6 +66,7 @@ class SSLMethod(nn.Module):
     needs_teacher: ClassVar[bool] = False
     scales_lr_with_batch: ClassVar[bool] = True
     crop_scale: ClassVar[tuple[float, float]] = (0.08, 1.0)  # SimCLR's
+    optimizer: ClassVar[str] = "sgd"  # the lightly benchmark's
     num_views: int = 2
     frozen_prefixes: tuple[str, ...] = ()
     gradient_clip_norm: float | None = None

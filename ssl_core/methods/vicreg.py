@@ -36,6 +36,8 @@ class VICReg(SSLMethod):
 
     recipe = VICRegConfig
     num_views = 2
+    # As in the paper (sec. 4.1): under SGD the loss diverges at the lightly recipe's lr (docs/methods.md).
+    optimizer = "lars"
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: VICRegConfig = VICRegConfig()) -> None:
         super().__init__(backbone, feature_dim)

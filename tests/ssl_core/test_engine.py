@@ -32,11 +32,12 @@ def make_method(seed: int = 0) -> SimCLR:
     return SimCLR(backbone, FEATURE_DIM, SimCLRConfig(projection_hidden_dim=32, projection_dim=16))
 
 
-def make_config(epochs: int, batch_size: int = 16) -> TrainConfig:
+def make_config(epochs: int, batch_size: int = 16, optimizer: str = "sgd") -> TrainConfig:
     return TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
         lr=0.1,
+        optimizer=optimizer,
         warmup_epochs=1,
         seed=7,
         device="cpu",
@@ -105,7 +106,9 @@ def test_two_identical_runs_give_identical_weights(dataset, one_epoch_run, tmp_p
     assert_same_weights(one_epoch_run[0], weights(second))
 
 
-def crashed_then_resumed(data, epochs: int, checkpoint_dir: Path) -> tuple[SimCLR, TrainHistory]:
+def crashed_then_resumed(
+    data, epochs: int, checkpoint_dir: Path, optimizer: str = "sgd"
+) -> tuple[SimCLR, TrainHistory]:
     """A run that crashes in its second epoch, then is resumed (``resume=True``) by a fresh method, as a
     new process would rebuild it from the same seed: the resumed method and its history."""
 
@@ -117,22 +120,25 @@ def crashed_then_resumed(data, epochs: int, checkpoint_dir: Path) -> tuple[SimCL
         train(
             make_method(),
             data,
-            make_config(epochs=epochs),
+            make_config(epochs=epochs, optimizer=optimizer),
             checkpoint_dir,
             fingerprint=FINGERPRINT,
             on_step=crash_in_second_epoch,
         )
     assert torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
     resumed = make_method()
-    history = train(resumed, data, make_config(epochs=epochs), checkpoint_dir, resume=True, fingerprint=FINGERPRINT)
+    config = make_config(epochs=epochs, optimizer=optimizer)
+    history = train(resumed, data, config, checkpoint_dir, resume=True, fingerprint=FINGERPRINT)
     assert history.resumed_from_epoch == 1
     return resumed, history
 
 
-def test_resume_after_interruption_is_exact(dataset, tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_resume_after_interruption_is_exact(dataset, tmp_path, optimizer):
     uninterrupted = make_method()
-    history_a = train(uninterrupted, dataset, make_config(epochs=3), tmp_path / "a", fingerprint=FINGERPRINT)
-    resumed, history_b = crashed_then_resumed(dataset, 3, tmp_path / "b")
+    config = make_config(epochs=3, optimizer=optimizer)
+    history_a = train(uninterrupted, dataset, config, tmp_path / "a", fingerprint=FINGERPRINT)
+    resumed, history_b = crashed_then_resumed(dataset, 3, tmp_path / "b", optimizer)
     assert [e.epoch for e in history_b.epochs] == [1, 2, 3]
     assert [e.loss for e in history_b.epochs] == [e.loss for e in history_a.epochs]
     assert_same_weights(weights(uninterrupted), weights(resumed))

@@ -274,6 +274,27 @@ def test_pretrain_hands_the_engine_the_resolved_compile(
     assert config_of_a_run({"method": "simclr", **overrides}, tmp_path, monkeypatch).compile is compiles
 
 
+@pytest.mark.parametrize(
+    ("overrides", "optimizer"),
+    [
+        ({"method": "simclr"}, "sgd"),  # auto: the lightly benchmark's SGD
+        ({"method": "vicreg"}, "lars"),  # auto: VICReg's own, as in its paper
+        ({"method": "vicreg", "optimizer": "sgd"}, "sgd"),
+        ({"method": "barlowtwins", "optimizer": "lars"}, "lars"),
+    ],
+)
+def test_pretrain_hands_the_engine_the_resolved_optimizer(
+    overrides: dict, optimizer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert config_of_a_run(overrides, tmp_path, monkeypatch).optimizer == optimizer
+
+
+def test_optimizer_is_sgd_lars_or_auto() -> None:
+    with pytest.raises(ParamsError, match="pretrain.optimizer") as refused:
+        parse_params({"pretrain": {"optimizer": "adam"}})
+    assert "'adam'" in str(refused.value) and "'lars'" in str(refused.value)
+
+
 def test_compile_is_true_false_or_auto() -> None:
     with pytest.raises(ParamsError, match="pretrain.compile"):
         parse_params({"pretrain": {"compile": "yes please"}})
