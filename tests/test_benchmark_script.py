@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -201,3 +202,18 @@ def test_dino_trains_on_the_crops_of_lightlys_benchmark(dataset: str, views: int
     specs = dino.view_specs(dino.view_config(spec.image_size, blur_prob=spec.blur_prob))
     assert dino.num_views == len(specs) == views
     assert {s.size for s in specs[2:]} == ({local_side} if local_side else set())
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "optimizer"),
+    [("simclr", "auto", "sgd"), ("vicreg", "auto", "lars"), ("barlowtwins", "sgd", "sgd"), ("simclr", "lars", "lars")],
+)
+def test_optimizer_is_the_methods_own_unless_named(method: str, option: str, optimizer: str) -> None:
+    """``--optimizer auto`` trains each method as the product does; ``sgd`` reproduces the lightly recipe."""
+    args = argparse.Namespace(
+        lr=None, batch_size=512, epochs=1, seed=0, device="cpu", precision="fp32", num_workers=0, compile=False
+    )
+    args.optimizer = option
+    config = lightly_benchmark.train_config(args, method)
+    assert config.optimizer == optimizer
+    assert config.lr == pytest.approx(0.24)  # the lightly recipe's lr either way
