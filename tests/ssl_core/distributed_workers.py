@@ -258,6 +258,11 @@ def train_on_ranks(folder: Path) -> dict:
         torch.save = save
     results["checkpoint"] = torch.load(folder / "simclr" / CHECKPOINT_NAME, weights_only=True)
 
+    # LARS's trust ratios come from the averaged gradients, so every rank takes the same step.
+    method = simclr()
+    train(method, device_images(method), train_config(epochs=1, optimizer="lars"), folder / "lars")
+    results["lars_weights"] = weights(method)
+
     method = simclr()
     pairs = NoisyPairs(66)
     train(method, pairs, train_config(epochs=1), folder / "loader")

@@ -112,7 +112,7 @@ def test_rank_0_keeps_the_seed_and_the_others_get_their_own(shard_results: list[
 def test_ranks_end_in_the_same_state(training: tuple[Path, list[dict]]) -> None:
     """Weights through DDP's averaged gradients; BatchNorm statistics averaged before each checkpoint."""
     _, (first, second) = training
-    for key in ("weights", "loader_weights", "dino_weights"):
+    for key in ("weights", "loader_weights", "dino_weights", "lars_weights"):
         assert_same_state(first[key], second[key])
     assert first["losses"] == second["losses"]  # the epoch losses are means over the ranks
 
