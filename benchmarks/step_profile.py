@@ -7,7 +7,8 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
 
 - rendering SimCLR's two views of a batch (:class:`ssl_core.batch_augment.BatchViews`);
 - one SimCLR optimizer step (bf16 autocast, channels_last, fused SGD on a GPU) on those views,
-  without and with cuDNN's autotuning of convolution algorithms (the engine's setting on CUDA);
+  without and with cuDNN's autotuning of convolution algorithms (the engine's setting on CUDA),
+  and with LARS (:mod:`ssl_core.optimizers`, Barlow Twins' and VICReg's) in place of SGD;
 - the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it;
 - the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`.
 
@@ -28,6 +29,7 @@ from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.backbones import build_backbone
 from ssl_core.batch_augment import BatchViews, draw_view
 from ssl_core.methods.factory import build_method
+from ssl_core.optimizers import build_optimizer
 from ssl_core.precision import autocast, cudnn_autotuning, resolve_device
 
 
@@ -62,9 +64,11 @@ def main(argv: list[str] | None = None) -> None:
 
     method = build_method("simclr", build_backbone("resnet18_cifar", 32), None)
     method.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9, fused=device.type == "cuda" or None)
+    fused = device.type == "cuda" or None
+    sgd = build_optimizer("sgd", method.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
+    lars = build_optimizer("lars", method.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
 
-    def step_on(views: list[torch.Tensor]) -> Callable[[], None]:
+    def step_on(views: list[torch.Tensor], optimizer: torch.optim.Optimizer = sgd) -> Callable[[], None]:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
 
         def step() -> None:
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
     with cudnn_autotuning(device):  # as the engine trains on CUDA
         tuned_step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
+        lars_step = seconds_per_call(step_on(views_of(batch, generator), lars), device, args.calls)
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__,
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         "augment_ms": augment * 1e3,
         "step_ms": step * 1e3,
         "step_cudnn_autotuning_ms": tuned_step * 1e3,
+        "step_lars_ms": lars_step * 1e3,  # with cuDNN autotuning, as the engine on CUDA
         "augment_share": augment / (augment + step),
     }
     results["draw_ms"] = (
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         f"| SimCLR step, {args.batch_size} images | {step * 1e3:.2f} | {args.batch_size / step:,.0f} |",
         f"| the same, cuDNN autotuning (the engine's setting on CUDA) | {tuned_step * 1e3:.2f} | "
         f"{args.batch_size / tuned_step:,.0f} |",
+        f"| the same with LARS instead of SGD | {lars_step * 1e3:.2f} | {args.batch_size / lars_step:,.0f} |",
     ]
     lines.append(f"| drawing the views' random parameters (eager) | {results['draw_ms']:.2f} | |")
     size_of = {
