@@ -198,7 +198,7 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
         lr=lr,
         momentum=0.9,
         weight_decay=5e-4,
-        optimizer=method_class(method).optimizer if args.optimizer == "auto" else args.optimizer,
+        optimizer=method_class(method).chosen_optimizer(args.optimizer),
         seed=args.seed,
         device=args.device,
         precision=args.precision,
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         "--optimizer",
         choices=("auto", *OPTIMIZERS),
         default="auto",
-        help="auto: the method's own (SGD as in the lightly recipe; LARS for VICReg)",
+        help="auto: the method's own (SGD as in the lightly recipe; LARS for Barlow Twins and VICReg)",
     )
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")

@@ -82,7 +82,7 @@ class TrainConfig:
         lr: peak learning rate (already scaled by the caller for the global batch).
         momentum, weight_decay: SGD settings.
         optimizer: ``sgd``, or ``lars`` (SGD with layer-wise trust ratios, :mod:`ssl_core.optimizers`),
-            which VICReg needs at the recipe's learning rate.
+            which Barlow Twins and VICReg need at the recipe's learning rate.
         warmup_epochs: linear warm-up before the cosine decay.
         seed: seeds weights, data order and augmentations.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...

@@ -206,7 +206,7 @@ class _TrainingSettings(_Section):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     # sgd, or lars (SGD with layer-wise trust ratios; ssl_core/optimizers.py). "auto": what the
-    # method says (SSLMethod.optimizer): SGD as in the lightly benchmark, LARS for VICReg.
+    # method says (SSLMethod.optimizer): SGD as in the lightly benchmark, LARS for Barlow Twins and VICReg.
     optimizer: Literal["auto", "sgd", "lars"] = "auto"
     warmup_epochs: int = Field(default=0, ge=0)
     seed: int = 0

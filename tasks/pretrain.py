@@ -279,7 +279,7 @@ def run(
     backbone = build_backbone(training.backbone, data.image_size)
     method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
     train_data = training_data(dataset, method, view_config(trained, training, data), data, training)
-    config = train_config(training, peak_lr(trained, training), optimizer_of(trained, training))
+    config = train_config(training, peak_lr(trained, training), trained.chosen_optimizer(training.optimizer))
     resolved = {
         "training": training.model_dump(mode="json"),  # processes included: it is in the fingerprint
         "data": data.model_dump(mode="json"),
@@ -361,11 +361,6 @@ def peak_lr(trained: type[SSLMethod], training: TrainingParams) -> float:
     on each of ``processes`` processes make one optimizer step."""
     scale = None if training.scale_lr == "auto" else training.scale_lr
     return trained.peak_lr(training.base_lr, training.batch_size * training.processes, scale)
-
-
-def optimizer_of(trained: type[SSLMethod], training: TrainingParams) -> str:
-    """``training.optimizer``, or the method's own (:attr:`SSLMethod.optimizer`) for ``auto``."""
-    return trained.optimizer if training.optimizer == "auto" else training.optimizer
 
 
 def train_config(training: TrainingParams, lr: float, optimizer: str) -> TrainConfig:

@@ -117,6 +117,11 @@ class SSLMethod(nn.Module):
         return base_lr * batch_size / LR_REFERENCE_BATCH_SIZE if scale else base_lr
 
     @classmethod
+    def chosen_optimizer(cls, choice: str = "auto") -> str:
+        """``choice`` (``sgd`` or ``lars``), or the method's own :attr:`optimizer` for ``auto``."""
+        return cls.optimizer if choice == "auto" else choice
+
+    @classmethod
     def view_config(cls, image_size: int, **settings: Any) -> ViewConfig:
         """Random-view settings for ``image_size`` px images with this method's crops,
         unless ``settings`` (any :class:`ViewConfig` field) say otherwise."""
