@@ -215,7 +215,8 @@ class _TrainingSettings(_Section):
     # torch.compile the backbone and the device-side view rendering. "auto": on a single CUDA
     # process, where an H200 trained a SimCLR epoch 1.51x faster after ~35 s of compiling
     # (benchmarks/README.md); off on the CPU (minutes of compiling for a few epochs) and under
-    # DDP (compiled DDP has not run on a GPU here).
+    # DDP (compiled DDP trains like eager DDP on 2 CPU processes over gloo, tests/ssl_core/test_distributed.py,
+    # but has not run over NCCL on GPUs here).
     compile: bool | Literal["auto"] = "auto"
     num_workers: int = Field(default=1, ge=0)
     # Continue from the last epoch checkpoint of an interrupted run.

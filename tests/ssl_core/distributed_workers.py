@@ -176,6 +176,9 @@ class RecordingViews:
         self.seeds.add(generator.initial_seed())
         return self.views(batch, generator)
 
+    def compile(self) -> None:
+        self.views.compile()
+
 
 def device_images(method: SimCLR | DINO) -> DeviceImages:
     """Random uint8 images, the same on every rank; image i's first pixel is i, to tell them apart."""
@@ -262,6 +265,11 @@ def train_on_ranks(folder: Path) -> dict:
     method = simclr()
     train(method, device_images(method), train_config(epochs=1, optimizer="lars"), folder / "lars")
     results["lars_weights"] = weights(method)
+
+    # Compiled (backbone and views) inside DDP: the same training as the eager run above, up to rounding.
+    method = simclr()
+    train(method, device_images(method), train_config(epochs=2, compile=True), folder / "compiled")
+    results["compiled_weights"] = weights(method)
 
     method = simclr()
     pairs = NoisyPairs(66)
