@@ -10,7 +10,9 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
   without and with cuDNN's autotuning of convolution algorithms (the engine's setting on CUDA),
   and with LARS (:mod:`ssl_core.optimizers`, Barlow Twins' and VICReg's) in place of SGD;
 - the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it;
-- the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`.
+- the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`;
+- BYOL's EMA target update (ResNet-18 and projection head) one tensor at a time against
+  :func:`ssl_core.momentum.ema_update`'s multi-tensor kernels.
 
 Writes ``results.json`` and ``results.md`` to ``--out``.
 """
@@ -29,6 +31,7 @@ from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.backbones import build_backbone
 from ssl_core.batch_augment import BatchViews, draw_view
 from ssl_core.methods.factory import build_method
+from ssl_core.momentum import ema_update
 from ssl_core.optimizers import build_optimizer
 from ssl_core.precision import autocast, cudnn_autotuning, resolve_device
 
@@ -44,6 +47,24 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, calls: int,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - started) / calls
+
+
+def ema_seconds(byol: torch.nn.Module, device: torch.device, calls: int) -> tuple[float, float]:
+    """Seconds per EMA update of BYOL's target backbone and head: one tensor at a time, then ``ema_update``."""
+    byol.to(device)
+    pairs = [(byol.backbone, byol.target_backbone), (byol.projection_head, byol.target_projection_head)]
+
+    @torch.no_grad()
+    def per_tensor() -> None:  # what ema_update did before it used multi-tensor kernels
+        for online, target in pairs:
+            for p_target, p_online in zip(target.parameters(), online.parameters(), strict=True):
+                p_target.mul_(0.99).add_(p_online, alpha=0.01)
+
+    def multi_tensor() -> None:
+        for online, target in pairs:
+            ema_update(online, target, 0.99)
+
+    return seconds_per_call(per_tensor, device, calls), seconds_per_call(multi_tensor, device, calls)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     results["draw_ms"] = (
         seconds_per_call(lambda: draw_view(2 * args.batch_size, 32, 32, spec, generator), device, args.calls) * 1e3
     )
+    results["ema_per_tensor_ms"], results["ema_foreach_ms"] = (
+        ms * 1e3
+        for ms in ema_seconds(build_method("byol", build_backbone("resnet18_cifar", 32), None), device, args.calls)
+    )
     if args.compile:
         # Each compiled measurement on its own: one that fails on this machine records its error, not the others'.
         def compiled_augment(mode: str | None) -> Callable[[], float]:
@@ -143,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         f"| the same with LARS instead of SGD | {lars_step * 1e3:.2f} | {args.batch_size / lars_step:,.0f} |",
     ]
     lines.append(f"| drawing the views' random parameters (eager) | {results['draw_ms']:.2f} | |")
+    lines.append(f"| BYOL's EMA target update, one tensor at a time | {results['ema_per_tensor_ms']:.2f} | |")
+    lines.append(f"| the same in multi-tensor kernels (ema_update) | {results['ema_foreach_ms']:.2f} | |")
     size_of = {
         "compiled_augment_ms": ("2 SimCLR views, rendering compiled", args.batch_size),
         "compiled_augment_cuda_graphs_ms": ("2 SimCLR views, rendering compiled with CUDA graphs", args.batch_size),
