@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ssl_core.distributed import gather_with_grad
+from ssl_core.losses.off_diagonal import off_diagonal
 
 # BatchNorm1d's default eps: the official code standardizes with BatchNorm1d(affine=False).
 STANDARDIZE_EPS = 1e-5
@@ -73,8 +74,7 @@ class BarlowTwinsLoss(nn.Module):
             z0n, z1n = standardize(z0.float()), standardize(z1.float())  # (n, d) each
             c = z0n.T @ z1n / n  # (d, d)
         on_diagonal = torch.diagonal(c)  # (d,)
-        off_diagonal = c.masked_select(~torch.eye(d, dtype=torch.bool, device=c.device))  # (d * d - d,)
-        return (1 - on_diagonal).pow(2).sum() + self.lambda_ * off_diagonal.pow(2).sum()
+        return (1 - on_diagonal).pow(2).sum() + self.lambda_ * off_diagonal(c).pow(2).sum()
 
 
 def standardize(z: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.distributed import gather_with_grad
+from ssl_core.losses.off_diagonal import off_diagonal
 
 
 class VICRegLoss(nn.Module):
@@ -103,5 +104,4 @@ def covariance(z: torch.Tensor) -> torch.Tensor:
     centered = z - z.mean(dim=0)  # (n, d)
     c = centered.T @ centered / (n - 1)  # (d, d)
     # The diagonal holds the variances, which the variance term handles.
-    off_diagonal = c.masked_select(~torch.eye(d, dtype=torch.bool, device=c.device))  # (d * d - d,)
-    return off_diagonal.pow(2).sum() / d
+    return off_diagonal(c).pow(2).sum() / d
