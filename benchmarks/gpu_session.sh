@@ -17,6 +17,9 @@
 #   4. SimCLR with torch.compile for 2 epochs: what compiling gives;
 #   5. SimCLR for as many epochs as the time left allows, kNN after every epoch, compiled if 4 showed it pays.
 #
+# Either plan ends with the GPU-only tests (pytest -m cuda) if 40 s are left: pytest comes from the wheels
+# in $DATASETS/wheels on a bare machine (benchmarks/README.md).
+#
 # Each stage has its own timeout, so a slow or failing stage leaves the later ones their time, and
 # every stage's results.json/results.md are packed into $OUT/results.tar.gz as soon as it ends.
 # Usage, from the repository root (CIFAR-10's archive in $DATASETS):
@@ -132,9 +135,35 @@ PY
   fi
 }
 
+cuda_tests() {
+  # Last, with whatever time the plan left: the tests CI cannot run (tests/ssl_core/test_cuda.py and the
+  # placement and probe tests marked cuda), on this machine's torch. Their report comes back as cuda-tests.txt.
+  local limit=$(( $(left) - 5 ))
+  if [ "$limit" -lt 35 ]; then
+    echo "== cuda tests skipped: ${limit}s left"
+    return
+  fi
+  local pylib=/tmp/gpu-session-pylib
+  if ! "$PY" -c "import pytest" 2>/dev/null; then
+    if ! compgen -G "$DATASETS/wheels/*.whl" >/dev/null; then
+      echo "== cuda tests skipped: no pytest here and no wheels in $DATASETS/wheels"
+      return
+    fi
+    for wheel in "$DATASETS"/wheels/*.whl; do "$PY" -m zipfile -e "$wheel" "$pylib"; done
+  fi
+  echo "== cuda tests (timeout ${limit}s)"
+  PYTHONPATH="$pylib:$PYTHONPATH" timeout "$limit" "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider \
+    tests/ssl_core/test_cuda.py tests/ssl_core/test_device_data.py tests/ssl_core/test_linear_probe.py \
+    > "$results/cuda-tests.txt" 2>&1
+  echo "== cuda tests exit $? (0: all passed, 124: timed out)"
+  tail -n 15 "$results/cuda-tests.txt"
+  pack
+}
+
 case "$PLAN" in
   table) table ;;
   speed) speed ;;
   *) echo "PLAN must be table or speed, not $PLAN" >&2; exit 2 ;;
 esac
+cuda_tests
 echo "done after $(( $(date +%s) - started ))s"

@@ -40,7 +40,11 @@ from tests.ssl_core.test_engine import (
 )
 
 CPU = torch.device("cpu")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def needs_cuda(test):
+    """Skipped without a CUDA GPU; marked ``cuda`` for the GPU machine's ``pytest -m cuda``."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 @pytest.fixture(scope="module", autouse=True)

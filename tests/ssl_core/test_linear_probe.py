@@ -152,6 +152,7 @@ def test_same_seed_same_result(digits):
     assert linear_probe(*args, seed=3) == linear_probe(*args, seed=3)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(digits):
     x, y = digits
