@@ -127,7 +127,8 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_hsv`."""
     hue, saturation, value = hsv.unbind(dim=1)
     # f(n) = v - v s max(0, min(k, 4 - k, 1)), k = (n + 6 h) mod 6, for n = 5, 3, 1 (R, G, B).
-    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    # n = 5, 3, 1 made on the device (torch.tensor([5, 3, 1], device=...) copies from the host and waits for it).
+    n = (5 - 2 * torch.arange(3, device=hsv.device, dtype=hsv.dtype)).view(1, 3, 1, 1)
     k = (n + 6 * hue.unsqueeze(1)) % 6
     weight = torch.minimum(k, 4 - k).clamp(0, 1)
     return value.unsqueeze(1) - (value * saturation).unsqueeze(1) * weight
@@ -295,6 +296,7 @@ class BatchViews:
         self.specs = list(specs)
         self.normalization = normalization
         self._render = normalized_view
+        self._mean_std: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def compile(self, mode: str | None = None) -> None:
         """Renders through ``torch.compile``: the drawn views' dozens of elementwise steps become a few kernels.
@@ -312,8 +314,7 @@ class BatchViews:
         batch of stacked copies: every draw is per image anyway, and at 32 px a GPU
         spends the augmentation's time launching kernels, not running them.
         """
-        mean = torch.tensor(self.normalization.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.normalization.std, device=images.device).view(1, 3, 1, 1)
+        mean, std = self._normalization_on(images.device)
         positions: dict[ViewSpec, list[int]] = {}
         for position, spec in enumerate(self.specs):
             positions.setdefault(spec, []).append(position)
@@ -326,3 +327,13 @@ class BatchViews:
             for position, view in zip(same, rendered.split(len(images)), strict=True):
                 views[position] = view
         return views
+
+    def _normalization_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 3, 1, 1) mean and std on ``device``, copied there once: a copy from the host every
+        batch would make the host wait for the GPU every step."""
+        if device not in self._mean_std:
+            self._mean_std[device] = tuple(
+                torch.tensor(values, device=device).view(1, 3, 1, 1)
+                for values in (self.normalization.mean, self.normalization.std)
+            )
+        return self._mean_std[device]

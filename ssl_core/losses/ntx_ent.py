@@ -56,5 +56,6 @@ class NTXentLoss(nn.Module):
         own_key = torch.eye(2 * n, keys.shape[0], dtype=torch.bool, device=anchors.device).roll(offset, dims=1)
         logits = logits.masked_fill(own_key, float("-inf"))
         # The positive of anchor i is its other view: i + n for the first half, i - n after.
-        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(anchors.device) + offset  # (2n,)
+        # (Made on the device: a copy from the host would make the host wait for the GPU every step.)
+        targets = (torch.arange(2 * n, device=anchors.device) + n) % (2 * n) + offset  # (2n,)
         return F.cross_entropy(logits, targets)
