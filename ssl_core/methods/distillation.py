@@ -132,6 +132,7 @@ def mixup(images: torch.Tensor) -> torch.Tensor:
     Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018,
     https://arxiv.org/abs/1710.09412; one lambda ~ U(0, 1) per batch.
     """
-    lam = torch.rand(()).item()
+    # lambda stays a tensor on the images' device: reading it on the host would make a GPU step wait.
+    lam = torch.rand((), device=images.device)
     permutation = torch.randperm(images.shape[0], device=images.device)
     return lam * images + (1.0 - lam) * images[permutation]
