@@ -91,8 +91,10 @@ class TrainConfig:
         channels_last: NHWC memory layout for convolutions (measured +13% training
             throughput for the CIFAR ResNet-18 with bf16 on a 2-core CPU; the usual
             advice for mixed precision on GPUs too).
-        compile: ``torch.compile`` the backbone, and the views of a :class:`DeviceImages`
-            set (:meth:`ssl_core.batch_augment.BatchViews.compile`); slow to start, pays on long runs.
+        compile: ``torch.compile`` the method's networks (the backbone, and the momentum or
+            teacher network beside it: :attr:`~ssl_core.methods.base.SSLMethod.compiled_networks`)
+            and the views of a :class:`DeviceImages` set
+            (:meth:`ssl_core.batch_augment.BatchViews.compile`); slow to start, pays on long runs.
         sync_batchnorm: on several GPUs, BatchNorm statistics over the global batch
             (``SyncBatchNorm``) rather than each GPU's; one all-reduce per BN layer and
             forward. Ignored on a single process; CUDA only.
@@ -207,7 +209,7 @@ def train(
         # In place: BatchNorm children become SyncBatchNorm around the same tensors; the state dict keeps its keys.
         nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if config.compile:
-        method.backbone.compile()  # in place: the state dict keeps its keys
+        method.compile_networks()  # in place: the state dict keeps its keys
         if isinstance(dataset, DeviceImages) and dataset.views is not None:
             dataset.views.compile()
     optimizer = build_optimizer(

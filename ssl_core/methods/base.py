@@ -52,6 +52,9 @@ class SSLMethod(nn.Module):
         crop_scale: (min, max) area fraction of its random resized crops.
         optimizer: what it trains with by default: ``sgd``, or ``lars``
             (:mod:`ssl_core.optimizers`) for losses that are not scale-invariant.
+        compiled_networks: the attributes holding the convolutional networks that
+            ``torch.compile`` speeds up: the backbone, and the momentum or frozen teacher
+            network that runs a forward every step beside it. Heads and losses stay eager.
 
     Attributes:
         backbone: maps (B, 3, H, W) images to (B, feature_dim) features.
@@ -67,6 +70,7 @@ class SSLMethod(nn.Module):
     scales_lr_with_batch: ClassVar[bool] = True
     crop_scale: ClassVar[tuple[float, float]] = (0.08, 1.0)  # SimCLR's
     optimizer: ClassVar[str] = "sgd"  # the lightly benchmark's
+    compiled_networks: ClassVar[tuple[str, ...]] = ("backbone",)
     num_views: int = 2
     frozen_prefixes: tuple[str, ...] = ()
     gradient_clip_norm: float | None = None
@@ -161,6 +165,11 @@ class SSLMethod(nn.Module):
 
     def after_optimizer_step(self) -> None:
         """Called by the engine after each optimizer step: EMA updates of target networks."""
+
+    def compile_networks(self) -> None:
+        """``torch.compile`` each of :attr:`compiled_networks` in place (the state dict keeps its keys)."""
+        for name in self.compiled_networks:
+            getattr(self, name).compile()
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)

@@ -33,6 +33,7 @@ class BYOL(SSLMethod):
     """
 
     recipe = BYOLConfig
+    compiled_networks = ("backbone", "target_backbone")
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: BYOLConfig = BYOLConfig()) -> None:

@@ -110,6 +110,7 @@ class DINO(SSLMethod):
     """
 
     recipe = DINOConfig
+    compiled_networks = ("backbone", "teacher_backbone")
     skips_gradients = True  # the last layer, frozen for the first steps
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: DINOConfig = DINOConfig()) -> None:

@@ -54,6 +54,7 @@ class Distillation(SSLMethod):
     # LightlyTrain's distillation views: milder crops than SimCLR's (0.08, 1).
     crop_scale = (0.14, 1.0)
     frozen_prefixes = ("teacher.",)
+    compiled_networks = ("backbone", "teacher")
 
     def __init__(
         self,

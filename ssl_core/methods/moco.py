@@ -59,6 +59,7 @@ class MoCo(SSLMethod):
     """
 
     recipe = MoCoConfig
+    compiled_networks = ("backbone", "key_backbone")
     num_views = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoConfig = MoCoConfig()) -> None:

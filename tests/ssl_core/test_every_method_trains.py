@@ -6,6 +6,7 @@ recipes themselves are tested per method against their papers and lightly.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,26 @@ def test_resume_after_interruption_gives_the_same_weights(name: str, cifar_folde
     expected, actual = uninterrupted.state_dict(), resumed.state_dict()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), f"{name}: {key} differs after resume"
+
+
+@pytest.mark.parametrize("name", ["byol", "distillation"])
+def test_compiling_covers_the_second_network_and_trains_like_eager(
+    name: str, cifar_folder: Path, tmp_path: Path
+) -> None:
+    """``compile`` compiles the momentum target (BYOL's, as MoCo's and DINO's) or the frozen teacher beside the
+    backbone, each in place: the same checkpoint keys and, up to float rounding, the eager run's weights."""
+    eager = build(name)
+    data = dataset_for(eager, cifar_folder)
+    train(eager, data, config(epochs=1), tmp_path / "eager")
+    compiled = build(name)
+    assert len(compiled.compiled_networks) == 2
+    train(compiled, data, dataclasses.replace(config(epochs=1), compile=True), tmp_path / "compiled")
+    for network in compiled.compiled_networks:
+        assert getattr(compiled, network)._compiled_call_impl is not None, network
+    expected = eager.state_dict()
+    assert compiled.state_dict().keys() == expected.keys()
+    for key, value in compiled.state_dict().items():
+        torch.testing.assert_close(value, expected[key], atol=1e-4, rtol=1e-4, msg=f"{name}: {key}")
 
 
 class ConstantEmbedding(SSLMethod):
