@@ -65,7 +65,7 @@ class BarlowTwinsLoss(nn.Module):
         if z0.shape != z1.shape:
             raise ValueError(f"z0 and z1 must have the same (n, d) shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
         z0, z1 = gather_with_grad(z0), gather_with_grad(z1)  # (w n, d) each
-        n, d = z0.shape  # n: the global batch from here on
+        n = z0.shape[0]  # the global batch from here on
         if n < 2:
             raise ValueError(f"Barlow Twins standardizes over the batch and needs n >= 2 rows, got n={n}")
         # Out of autocast: in bf16, rounding each of the d^2 entries of C would add a
