@@ -6,6 +6,8 @@
 #   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch-compile-<method>,
 #      for 200 epochs with torch.compile and a kNN evaluation after every epoch (about 8 minutes for SimCLR
 #      on an H200). If the call ends first, the epochs it trained still come back (<method>-knn_per_epoch.json).
+#   A method that needs more than one call (BYOL or MoCo may, on an H100) resumes from its checkpoints in
+#   /tmp/gpu-session-work when the same command runs again on the still-warm machine (SKIP_PROFILE=1).
 #   Distillation is not in the order: its teacher is the best method trained in the same work dir, which
 #   a fresh machine does not have.
 #
@@ -71,11 +73,14 @@ cat "$results/machine.txt"
 
 table() {
   # First a quick eager step profile (cuDNN autotuning on and off; no compiling): 30 s at most.
-  echo "== gpu-step-profile-eager ($(left)s left)"
-  # shellcheck disable=SC2086
-  timeout 30 "$PY" benchmarks/step_profile.py --no-compile --out "$results/gpu-step-profile-eager" $STEP_PROFILE_ARGS
-  echo "== gpu-step-profile-eager exit $? (124: timed out)"
-  pack
+  # SKIP_PROFILE=1 for a second call that resumes a method the first one left unfinished.
+  if [ -z "${SKIP_PROFILE:-}" ]; then
+    echo "== gpu-step-profile-eager ($(left)s left)"
+    # shellcheck disable=SC2086
+    timeout 30 "$PY" benchmarks/step_profile.py --no-compile --out "$results/gpu-step-profile-eager" $STEP_PROFILE_ARGS
+    echo "== gpu-step-profile-eager exit $? (124: timed out)"
+    pack
+  fi
   local method=""
   for candidate in $TABLE_ORDER; do
     if ! compgen -G "benchmarks/results/gpu-*-cifar10-${TABLE_EPOCHS}epoch-compile-$candidate" >/dev/null; then
