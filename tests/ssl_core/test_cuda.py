@@ -27,10 +27,13 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 IMAGES, BATCH = 96, 16  # 6 steps an epoch
 
 
-def gpu_images(method: SSLMethod) -> DeviceImages:
-    """Random 32 px images on the GPU with the method's own device-side views (DINO's multi-crop included)."""
+def gpu_images(method: SSLMethod, pinned: bool = False) -> DeviceImages:
+    """Random 32 px images on the GPU (or in pinned host memory, as a set too big for it) with the method's
+    own device-side views (DINO's multi-crop included)."""
     images = torch.randint(0, 256, (IMAGES, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     views = method.batch_transform(method.view_config(32), Normalization())
+    if pinned:
+        return DeviceImages(images.pin_memory(), torch.full((IMAGES,), -1), views)
     return DeviceImages(images, torch.full((IMAGES,), -1), views).place(CUDA)
 
 
@@ -47,13 +50,17 @@ def gpu_config(method: SSLMethod, epochs: int = 1) -> TrainConfig:
     )
 
 
-@pytest.mark.parametrize("name", METHOD_NAMES)
-def test_training_steps_never_make_the_host_wait_for_the_gpu(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "pinned"),
+    [pytest.param(name, False, id=name) for name in METHOD_NAMES] + [pytest.param("simclr", True, id="simclr-pinned")],
+)
+def test_training_steps_never_make_the_host_wait_for_the_gpu(name: str, pinned: bool, tmp_path: Path) -> None:
     """No op from the end of the first step to the end of the last may synchronize with the GPU.
 
     CUDA's sync debug mode raises on each such op (reading a value, a size that depends on
-    values as ``masked_select`` has, a copy to the host): the rendering of the views, the
-    method's step, the optimizer and the EMA update all run inside that window.
+    values as ``masked_select`` has, a blocking copy between host and GPU): the rendering of
+    the views, the method's step, the optimizer and the EMA update all run inside that window,
+    and with ``pinned`` images the copy of each batch from pinned host memory too.
     """
     method = build(name)
     steps = IMAGES // BATCH
@@ -63,7 +70,7 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(name: str, tmp_path
         torch.cuda.set_sync_debug_mode("error" if info.step_in_epoch < steps - 1 else "default")
 
     try:
-        history = train(method, gpu_images(method), gpu_config(method), tmp_path, on_step=watch)
+        history = train(method, gpu_images(method, pinned), gpu_config(method), tmp_path, on_step=watch)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(history.epochs) == 1
