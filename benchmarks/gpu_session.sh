@@ -142,7 +142,7 @@ PY
 
 cuda_tests() {
   # Last, with whatever time the plan left: the tests CI cannot run (tests/ssl_core/test_cuda.py and the
-  # placement and probe tests marked cuda), on this machine's torch. Their report comes back as cuda-tests.txt.
+  # placement and probe tests marked cuda), on this machine's torch. Their report comes back as gpu-cuda-tests/pytest.txt.
   local limit=$(( $(left) - 5 ))
   if [ "$limit" -lt 35 ]; then
     echo "== cuda tests skipped: ${limit}s left"
@@ -157,11 +157,13 @@ cuda_tests() {
     for wheel in "$DATASETS"/wheels/*.whl; do "$PY" -m zipfile -e "$wheel" "$pylib"; done
   fi
   echo "== cuda tests (timeout ${limit}s)"
+  local report="$results/gpu-cuda-tests/pytest.txt"  # a gpu-<name> folder, unpacked like the benchmarks'
+  mkdir -p "$(dirname "$report")"
   PYTHONPATH="$pylib:$PYTHONPATH" timeout "$limit" "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider \
     tests/ssl_core/test_cuda.py tests/ssl_core/test_device_data.py tests/ssl_core/test_linear_probe.py \
-    > "$results/cuda-tests.txt" 2>&1
+    > "$report" 2>&1
   echo "== cuda tests exit $? (0: all passed, 124: timed out)"
-  tail -n 15 "$results/cuda-tests.txt"
+  tail -n 15 "$report"
   pack
 }
 
