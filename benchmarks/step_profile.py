@@ -11,6 +11,7 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
   and with LARS (:mod:`ssl_core.optimizers`, Barlow Twins' and VICReg's) in place of SGD;
 - the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it;
 - the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`;
+- one BYOL step (its momentum target's forward and EMA update included), with cuDNN autotuning;
 - BYOL's EMA target update (ResNet-18 and projection head) one tensor at a time against
   :func:`ssl_core.momentum.ema_update`'s multi-tensor kernels.
 
@@ -89,15 +90,18 @@ def main(argv: list[str] | None = None) -> None:
     sgd = build_optimizer("sgd", method.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
     lars = build_optimizer("lars", method.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused)
 
-    def step_on(views: list[torch.Tensor], optimizer: torch.optim.Optimizer = sgd) -> Callable[[], None]:
+    def step_on(
+        views: list[torch.Tensor], optimizer: torch.optim.Optimizer = sgd, trained: torch.nn.Module = method
+    ) -> Callable[[], None]:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
 
         def step() -> None:
             with autocast(device, "bf16-mixed"):
-                loss = method.training_step(views).loss
+                loss = trained.training_step(views).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            trained.after_optimizer_step()  # BYOL's EMA; nothing for SimCLR
 
         return step
 
@@ -105,6 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     with cudnn_autotuning(device):  # as the engine trains on CUDA
         tuned_step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
         lars_step = seconds_per_call(step_on(views_of(batch, generator), lars), device, args.calls)
+        # BYOL: the same two views, plus a forward of the momentum target and its EMA update per step.
+        byol = build_method("byol", build_backbone("resnet18_cifar", 32), None)
+        byol.to(device, memory_format=torch.channels_last)
+        byol_sgd = build_optimizer(
+            "sgd", byol.trainable_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused
+        )
+        byol_step = seconds_per_call(step_on(views_of(batch, generator), byol_sgd, byol), device, args.calls)
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__,
@@ -113,15 +124,13 @@ def main(argv: list[str] | None = None) -> None:
         "step_ms": step * 1e3,
         "step_cudnn_autotuning_ms": tuned_step * 1e3,
         "step_lars_ms": lars_step * 1e3,  # with cuDNN autotuning, as the engine on CUDA
+        "byol_step_ms": byol_step * 1e3,  # the same
         "augment_share": augment / (augment + step),
     }
     results["draw_ms"] = (
         seconds_per_call(lambda: draw_view(2 * args.batch_size, 32, 32, spec, generator), device, args.calls) * 1e3
     )
-    results["ema_per_tensor_ms"], results["ema_foreach_ms"] = (
-        ms * 1e3
-        for ms in ema_seconds(build_method("byol", build_backbone("resnet18_cifar", 32), None), device, args.calls)
-    )
+    results["ema_per_tensor_ms"], results["ema_foreach_ms"] = (ms * 1e3 for ms in ema_seconds(byol, device, args.calls))
     if args.compile:
         # Each compiled measurement on its own: one that fails on this machine records its error, not the others'.
         def compiled_augment(mode: str | None) -> Callable[[], float]:
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         f"| the same, cuDNN autotuning (the engine's setting on CUDA) | {tuned_step * 1e3:.2f} | "
         f"{args.batch_size / tuned_step:,.0f} |",
         f"| the same with LARS instead of SGD | {lars_step * 1e3:.2f} | {args.batch_size / lars_step:,.0f} |",
+        f"| BYOL step (with its target's forward and EMA), {args.batch_size} images | {byol_step * 1e3:.2f} | "
+        f"{args.batch_size / byol_step:,.0f} |",
     ]
     lines.append(f"| drawing the views' random parameters (eager) | {results['draw_ms']:.2f} | |")
     lines.append(f"| BYOL's EMA target update, one tensor at a time | {results['ema_per_tensor_ms']:.2f} | |")
