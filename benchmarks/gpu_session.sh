@@ -2,7 +2,7 @@
 # One call on a lent GPU machine (10 minutes at most), in one of two plans.
 #
 # PLAN=table (the default): the lightly table, one method per session.
-#   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (30 s at most);
+#   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (40 s at most);
 #   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch-compile-<method>,
 #      for 200 epochs with torch.compile and a kNN evaluation after every epoch (about 8 minutes for SimCLR
 #      on an H200). If the call ends first, the epochs it trained still come back (<method>-knn_per_epoch.json).
@@ -72,12 +72,12 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $resul
 cat "$results/machine.txt"
 
 table() {
-  # First a quick eager step profile (cuDNN autotuning on and off; no compiling): 30 s at most.
+  # First a quick eager step profile (cuDNN autotuning on and off, LARS, a BYOL step; no compiling): 40 s at most.
   # SKIP_PROFILE=1 for a second call that resumes a method the first one left unfinished.
   if [ -z "${SKIP_PROFILE:-}" ]; then
     echo "== gpu-step-profile-eager ($(left)s left)"
     # shellcheck disable=SC2086
-    timeout 30 "$PY" benchmarks/step_profile.py --no-compile --out "$results/gpu-step-profile-eager" $STEP_PROFILE_ARGS
+    timeout 40 "$PY" benchmarks/step_profile.py --no-compile --out "$results/gpu-step-profile-eager" $STEP_PROFILE_ARGS
     echo "== gpu-step-profile-eager exit $? (124: timed out)"
     pack
   fi
