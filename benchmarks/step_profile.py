@@ -15,7 +15,8 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
 - BYOL's EMA target update (ResNet-18 and projection head) one tensor at a time against
   :func:`ssl_core.momentum.ema_update`'s multi-tensor kernels.
 
-Writes ``results.json`` and ``results.md`` to ``--out``.
+Writes ``results.json`` and ``results.md`` to ``--out``, again after each figure, so a run cut short keeps
+the figures it measured.
 """
 
 from __future__ import annotations
@@ -68,6 +69,73 @@ def ema_seconds(byol: torch.nn.Module, device: torch.device, calls: int) -> tupl
     return seconds_per_call(per_tensor, device, calls), seconds_per_call(multi_tensor, device, calls)
 
 
+def rows(batch_size: int) -> list[tuple[str, str, int | None]]:
+    """(results key, what it times, images per call or None) for each line of the table, in order."""
+    b = batch_size
+    return [
+        ("augment_ms", f"2 SimCLR views of {b} images", b),
+        ("step_ms", f"SimCLR step, {b} images", b),
+        ("step_cudnn_autotuning_ms", "the same, cuDNN autotuning (the engine's setting on CUDA)", b),
+        ("step_lars_ms", "the same with LARS instead of SGD", b),
+        ("byol_step_ms", f"BYOL step (with its target's forward and EMA), {b} images", b),
+        ("draw_ms", "drawing the views' random parameters (eager)", None),
+        ("ema_per_tensor_ms", "BYOL's EMA target update, one tensor at a time", None),
+        ("ema_foreach_ms", "the same in multi-tensor kernels (ema_update)", None),
+        ("compiled_augment_ms", "2 SimCLR views, rendering compiled", b),
+        ("compiled_augment_cuda_graphs_ms", "2 SimCLR views, rendering compiled with CUDA graphs", b),
+        ("compiled_step_ms", f"compiled step, {b} images", b),
+        ("compiled_step_double_batch_ms", f"compiled step, {2 * b} images", 2 * b),
+    ]
+
+
+class Profile:
+    """The figures measured so far, rewritten to ``results.json`` and ``results.md`` after each one.
+
+    A GPU call that times out (``gpu_session.sh`` gives the eager profile 40 s) keeps
+    what it measured before the limit.
+    """
+
+    def __init__(self, out: Path, batch_size: int, device: torch.device) -> None:
+        self.out, self.batch_size = out, batch_size
+        self.results: dict = {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+            "torch": torch.__version__,
+            "batch_size": batch_size,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+
+    def record(self, key: str, seconds: float | None, error: Exception | None = None) -> None:
+        self.results[key] = None if seconds is None else seconds * 1e3
+        if error is not None:
+            self.results.setdefault("errors", {})[key] = repr(error)[:2000]
+        if "augment_ms" in self.results and "step_ms" in self.results:
+            augment, step = self.results["augment_ms"], self.results["step_ms"]
+            self.results["augment_share"] = augment / (augment + step)
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2) + "\n")
+        (self.out / "results.md").write_text(self.table())
+
+    def table(self) -> str:
+        lines = [
+            f"# Step profile ({self.results['device']}, torch {self.results['torch']})",
+            "",
+            "| what | ms per call | images/s |",
+            "|---|---|---|",
+        ]
+        for key, what, images in rows(self.batch_size):
+            if key not in self.results:
+                continue
+            ms = self.results[key]
+            if ms is None:
+                lines.append(f"| {what} | failed | |")
+            else:
+                lines.append(
+                    f"| {what} | {ms:.2f} | {images / ms * 1e3:,.0f} |" if images else f"| {what} | {ms:.2f} | |"
+                )
+        if "augment_share" in self.results:
+            lines += ["", f"Augmentation is {self.results['augment_share']:.0%} of an uncompiled step's time."]
+        return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -77,12 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    profile = Profile(args.out, args.batch_size, device)
     images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     spec = ViewConfig().spec()  # SimCLR's view, twice
     views_of = BatchViews([spec] * 2, Normalization())
     batch = images[torch.randperm(len(images), device=device)[: args.batch_size]]
-    augment = seconds_per_call(lambda: views_of(batch, generator), device, args.calls)
+    profile.record("augment_ms", seconds_per_call(lambda: views_of(batch, generator), device, args.calls))
 
     method = build_method("simclr", build_backbone("resnet18_cifar", 32), None)
     method.to(device, memory_format=torch.channels_last)
@@ -105,10 +174,12 @@ def main(argv: list[str] | None = None) -> None:
 
         return step
 
-    step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
+    profile.record("step_ms", seconds_per_call(step_on(views_of(batch, generator)), device, args.calls))
     with cudnn_autotuning(device):  # as the engine trains on CUDA
         tuned_step = seconds_per_call(step_on(views_of(batch, generator)), device, args.calls)
+        profile.record("step_cudnn_autotuning_ms", tuned_step)
         lars_step = seconds_per_call(step_on(views_of(batch, generator), lars), device, args.calls)
+        profile.record("step_lars_ms", lars_step)
         # BYOL: the same two views, plus a forward of the momentum target and its EMA update per step.
         byol = build_method("byol", build_backbone("resnet18_cifar", 32), None)
         byol.to(device, memory_format=torch.channels_last)
@@ -116,21 +187,12 @@ def main(argv: list[str] | None = None) -> None:
             "sgd", byol.trainable_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, fused=fused
         )
         byol_step = seconds_per_call(step_on(views_of(batch, generator), byol_sgd, byol), device, args.calls)
-    results = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-        "torch": torch.__version__,
-        "batch_size": args.batch_size,
-        "augment_ms": augment * 1e3,
-        "step_ms": step * 1e3,
-        "step_cudnn_autotuning_ms": tuned_step * 1e3,
-        "step_lars_ms": lars_step * 1e3,  # with cuDNN autotuning, as the engine on CUDA
-        "byol_step_ms": byol_step * 1e3,  # the same
-        "augment_share": augment / (augment + step),
-    }
-    results["draw_ms"] = (
-        seconds_per_call(lambda: draw_view(2 * args.batch_size, 32, 32, spec, generator), device, args.calls) * 1e3
-    )
-    results["ema_per_tensor_ms"], results["ema_foreach_ms"] = (ms * 1e3 for ms in ema_seconds(byol, device, args.calls))
+        profile.record("byol_step_ms", byol_step)
+    draw = seconds_per_call(lambda: draw_view(2 * args.batch_size, 32, 32, spec, generator), device, args.calls)
+    profile.record("draw_ms", draw)
+    per_tensor, multi_tensor = ema_seconds(byol, device, args.calls)
+    profile.record("ema_per_tensor_ms", per_tensor)
+    profile.record("ema_foreach_ms", multi_tensor)
     if args.compile:
         # Each compiled measurement on its own: one that fails on this machine records its error, not the others'.
         def compiled_augment(mode: str | None) -> Callable[[], float]:
@@ -158,42 +220,11 @@ def main(argv: list[str] | None = None) -> None:
             ("compiled_step_double_batch_ms", compiled_step(2 * args.batch_size)),
         ):
             try:
-                results[name] = measure() * 1e3
+                profile.record(name, measure())
             except Exception as error:  # noqa: BLE001 - recorded, and the profile goes on
-                results[name] = None
-                results.setdefault("errors", {})[name] = repr(error)[:2000]
+                profile.record(name, None, error)
                 print(f"{name} failed: {error!r}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [
-        f"# Step profile ({results['device']}, torch {results['torch']})",
-        "",
-        "| what | ms per call | images/s |",
-        "|---|---|---|",
-        f"| 2 SimCLR views of {args.batch_size} images | {augment * 1e3:.2f} | {args.batch_size / augment:,.0f} |",
-        f"| SimCLR step, {args.batch_size} images | {step * 1e3:.2f} | {args.batch_size / step:,.0f} |",
-        f"| the same, cuDNN autotuning (the engine's setting on CUDA) | {tuned_step * 1e3:.2f} | "
-        f"{args.batch_size / tuned_step:,.0f} |",
-        f"| the same with LARS instead of SGD | {lars_step * 1e3:.2f} | {args.batch_size / lars_step:,.0f} |",
-        f"| BYOL step (with its target's forward and EMA), {args.batch_size} images | {byol_step * 1e3:.2f} | "
-        f"{args.batch_size / byol_step:,.0f} |",
-    ]
-    lines.append(f"| drawing the views' random parameters (eager) | {results['draw_ms']:.2f} | |")
-    lines.append(f"| BYOL's EMA target update, one tensor at a time | {results['ema_per_tensor_ms']:.2f} | |")
-    lines.append(f"| the same in multi-tensor kernels (ema_update) | {results['ema_foreach_ms']:.2f} | |")
-    size_of = {
-        "compiled_augment_ms": ("2 SimCLR views, rendering compiled", args.batch_size),
-        "compiled_augment_cuda_graphs_ms": ("2 SimCLR views, rendering compiled with CUDA graphs", args.batch_size),
-        "compiled_step_ms": (f"compiled step, {args.batch_size} images", args.batch_size),
-        "compiled_step_double_batch_ms": (f"compiled step, {2 * args.batch_size} images", 2 * args.batch_size),
-    }
-    for name, (what, size) in size_of.items():
-        if name in results:
-            ms = results[name]
-            lines.append(f"| {what} | {ms:.2f} | {size / ms * 1e3:,.0f} |" if ms else f"| {what} | failed | |")
-    lines += ["", f"Augmentation is {results['augment_share']:.0%} of an uncompiled step's time."]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(profile.table(), end="")
 
 
 if __name__ == "__main__":

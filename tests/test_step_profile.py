@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from benchmarks import step_profile
 
 
@@ -25,3 +28,27 @@ def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text()
     assert "| the same with LARS instead of SGD |" in table and "| compiled step" not in table
     assert "| the same in multi-tensor kernels (ema_update) |" in table
+
+
+def test_a_profile_cut_short_keeps_the_figures_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpu_session.sh gives the eager profile 40 s: a run stopped there keeps every figure taken before."""
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt  # stands in for the timeout's signal
+
+    monkeypatch.setattr(step_profile, "ema_seconds", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        step_profile.main(
+            ["--device", "cpu", "--no-compile", "--batch-size", "8", "--calls", "1", "--out", str(tmp_path)]
+        )
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["byol_step_ms"] > 0 and results["draw_ms"] > 0 and "ema_foreach_ms" not in results
+    assert "| BYOL step (with its target's forward and EMA), 8 images |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_failed_measurement_is_recorded_with_its_error(tmp_path: Path) -> None:
+    profile = step_profile.Profile(tmp_path, 8, torch.device("cpu"))
+    profile.record("compiled_step_ms", None, RuntimeError("no C compiler"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["compiled_step_ms"] is None and "no C compiler" in results["errors"]["compiled_step_ms"]
+    assert "| compiled step, 8 images | failed | |" in (tmp_path / "results.md").read_text()
