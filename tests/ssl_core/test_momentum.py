@@ -19,16 +19,18 @@ def moved_copy(module: nn.Module) -> nn.Module:
     return target
 
 
+def per_tensor_update(online: nn.Module, target: nn.Module, momentum: float) -> list[torch.Tensor]:
+    """The target's next parameters computed one tensor at a time, as the MoCo and BYOL reference code does."""
+    pairs = zip(target.parameters(), online.parameters(), strict=True)
+    return [t.clone().mul_(momentum).add_(o, alpha=1.0 - momentum) for t, o in pairs]
+
+
 @pytest.mark.parametrize("momentum", [0.99, 0.996, 0.5])
 def test_ema_update_is_the_per_tensor_update_bit_for_bit(momentum: float) -> None:
     torch.manual_seed(0)
     online = tiny_backbone(16)
     target = moved_copy(online)
-    # One tensor at a time, as the MoCo and BYOL reference code does it.
-    expected = [
-        t.clone().mul_(momentum).add_(o, alpha=1.0 - momentum)
-        for t, o in zip(target.parameters(), online.parameters(), strict=True)
-    ]
+    expected = per_tensor_update(online, target, momentum)
     buffers = [b.clone() for b in target.buffers()]
     ema_update(online, target, momentum)
     for new, want in zip(target.parameters(), expected, strict=True):

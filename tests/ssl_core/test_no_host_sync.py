@@ -23,6 +23,7 @@ from ssl_core.augment import Normalization
 from ssl_core.device_data import DeviceImages
 from ssl_core.engine import StepInfo, TrainConfig, train
 from ssl_core.methods import METHOD_NAMES
+from ssl_core.methods.base import SSLMethod
 from tests.ssl_core.test_every_method_trains import build
 
 aten = torch.ops.aten
@@ -65,33 +66,42 @@ def project_caller() -> str:
     return "(no project frame)"
 
 
-def device_path_images(method) -> DeviceImages:
-    images = torch.randint(0, 256, (IMAGES, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+def device_path_images(method: SSLMethod, count: int = IMAGES) -> DeviceImages:
+    """``count`` random 32 px images (on the CPU) with the method's own device-side views (DINO's multi-crop too)."""
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     return DeviceImages(
-        images, torch.full((IMAGES,), -1), method.batch_transform(method.view_config(32), Normalization())
+        images, torch.full((count,), -1), method.batch_transform(method.view_config(32), Normalization())
     )
+
+
+def device_path_config(method: SSLMethod, device: str, epochs: int = 1) -> TrainConfig:
+    """The engine as it trains on a GPU: bf16 autocast, channels_last, SGD or LARS (the method's own)."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=BATCH,
+        lr=0.05,
+        optimizer=method.chosen_optimizer("auto"),  # LARS for Barlow Twins and VICReg
+        seed=3,
+        device=device,
+        precision="bf16-mixed",
+    )
+
+
+def inside_the_watched_steps(info: StepInfo) -> bool:
+    """From the end of the first step to the end of the last: the epoch's end reads the mean loss on purpose."""
+    return info.step_in_epoch < info.steps_per_epoch - 1
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_no_op_of_a_training_step_would_make_a_gpu_wait(name: str, tmp_path: Path) -> None:
     method = build(name)
-    config = TrainConfig(
-        epochs=1,
-        batch_size=BATCH,
-        lr=0.05,
-        optimizer=method.chosen_optimizer("auto"),  # LARS for Barlow Twins and VICReg
-        seed=3,
-        device="cpu",
-        precision="bf16-mixed",
-    )
     watch = HostWaits()
 
     def arm(info: StepInfo) -> None:
-        # The epoch's end reads the mean loss on purpose: the window closes with the last step.
-        watch.armed = info.step_in_epoch < info.steps_per_epoch - 1
+        watch.armed = inside_the_watched_steps(info)
 
     with watch:
-        history = train(method, device_path_images(method), config, tmp_path, on_step=arm)
+        history = train(method, device_path_images(method), device_path_config(method, "cpu"), tmp_path, on_step=arm)
     assert len(history.epochs) == 1
     assert not watch.seen, "\n".join(sorted(set(watch.seen)))
 
