@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.datasets import FULL, cifar10_archive, cut_cifar10
 
@@ -25,11 +26,17 @@ def full_cifar_archive() -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Marks ``slow`` every test that reads all of CIFAR-10: it trains or embeds thousands of images.
+    """Marks ``slow`` every test that reads all of CIFAR-10, and skips the ``cuda`` tests without a CUDA GPU.
 
-    So ``-m "not slow"`` stays fast, and runs on a fresh clone without ``../shared``
-    skipping nothing.
+    A test that reads all of CIFAR-10 trains or embeds thousands of images: so ``-m "not slow"``
+    stays fast, and runs on a fresh clone without ``../shared`` skipping nothing. A test marked
+    ``cuda`` says only that: CI has no GPU and skips it, and ``benchmarks/gpu_session.sh`` runs
+    ``pytest -m cuda`` on a lent one.
     """
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    cuda_available = torch.cuda.is_available()
     for item in items:
         if "full_cifar_archive" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("cuda") and not cuda_available:
+            item.add_marker(no_cuda)

@@ -1,4 +1,4 @@
-"""What only a CUDA GPU can check: skipped on a machine without one, so CI skips it.
+"""What only a CUDA GPU can check: marked ``cuda``, so skipped on a machine without one, as in CI.
 
 On a lent GPU machine ``benchmarks/gpu_session.sh`` runs these (``pytest -m cuda``)
 with the time left after its benchmark; ``benchmarks/README.md`` says how.
@@ -22,7 +22,7 @@ from tests.ssl_core.test_momentum import moved_copy, per_tensor_update
 from tests.ssl_core.test_no_host_sync import device_path_config, device_path_images, inside_the_watched_steps
 from tests.ssl_core.tiny import tiny_backbone
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.cuda  # skipped without a CUDA GPU (tests/conftest.py)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 IMAGES = 96  # 6 steps of BATCH an epoch

@@ -42,11 +42,6 @@ from tests.ssl_core.test_engine import (
 CPU = torch.device("cpu")
 
 
-def needs_cuda(test):
-    """Skipped without a CUDA GPU; marked ``cuda`` for the GPU machine's ``pytest -m cuda``."""
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:
     """One intra-op thread for the whole module, module-scoped runs included (see ``single_thread``).
@@ -374,7 +369,7 @@ def test_place_on_cpu_keeps_the_images_on_cpu(decoded: DeviceImages) -> None:
     assert fits_on_device(10**15, CPU)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_place_on_cuda_and_batches_there(decoded: DeviceImages) -> None:
     """Small images move to the GPU; an epoch there is rendered on the GPU and repeats from its seed."""
     cuda = torch.device("cuda")
@@ -391,7 +386,7 @@ def test_place_on_cuda_and_batches_there(decoded: DeviceImages) -> None:
             assert torch.equal(view, view_again)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_pinned_host_images_give_the_same_epoch_as_gpu_images(
     decoded: DeviceImages, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -152,8 +152,7 @@ def test_same_seed_same_result(digits):
     assert linear_probe(*args, seed=3) == linear_probe(*args, seed=3)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda  # skipped without a CUDA GPU (tests/conftest.py)
 def test_cuda_matches_cpu(digits):
     x, y = digits
     args = (x[:300], y[:300], x[1200:], y[1200:])
