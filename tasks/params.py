@@ -212,7 +212,8 @@ class _TrainingSettings(_Section):
     seed: int = 0
     device: str = "auto"
     precision: str = "bf16-mixed"
-    # torch.compile the backbone and the device-side view rendering. "auto": on a single CUDA
+    # torch.compile the method's networks (the backbone, and a momentum or teacher network beside it)
+    # and the device-side view rendering. "auto": on a single CUDA
     # process, where an H200 trained a SimCLR epoch 1.51x faster after ~35 s of compiling
     # (benchmarks/README.md); off on the CPU (minutes of compiling for a few epochs) and under
     # DDP (compiled DDP trains like eager DDP on 2 CPU processes over gloo, tests/ssl_core/test_distributed.py,
