@@ -84,11 +84,17 @@ def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path, datas
         assert result["random_init"] == pytest.approx(random_init)
         assert result["random_init"]["knn_top1"] == result["random_init_knn_top1"]
         assert result["best_knn_top1"] == result["final_knn_top1"] and result["train_seconds"] > 0
+        # Wall time holds the epoch's training and its evaluation, and more (building, the checkpoint, saving).
+        assert result["calls"] == 1
+        assert result["wall_seconds"] > result["train_seconds"] + result["per_epoch"][0]["eval_seconds"]
         assert result["lr"] == 0.02  # --lr overrides the lightly recipe's 0.06 x 32/128
         # Per-method peak RSS from /proc: at least the ~0.3 GB that torch itself occupies.
         assert 0.2 < result["peak_host_memory_gb"] <= report["header"]["peak_host_memory_gb"]
     table = (out / "results.md").read_text()
     assert "| simclr | 1 | 0.02 |" in table and "| distillation | 1 | 0.02 |" in table
+    assert f"| {report['results'][0]['wall_seconds']:.0f} s (1 call) |" in table
+    setup_seconds = report["header"]["setup_seconds"]
+    assert f"set-up (extracting and decoding the data, the random-init evaluation), {setup_seconds:.0f} s" in table
     assert f"| {report['results'][0]['per_epoch'][0]['rankme']:.1f} |" in table  # final RankMe column
 
     with pytest.raises(SystemExit):  # another setup in the same --out would mix incomparable numbers
@@ -105,6 +111,8 @@ def test_methods_run_in_separate_calls_add_up_to_one_table(tmp_path: Path, datas
     assert resumed["per_epoch"] == [{**report["results"][0]["per_epoch"][0], "rankme": 123.0}]
     # The checkpoint keeps each epoch's training time; the call trained nothing, so it measured no memory.
     assert resumed["train_seconds"] == report["results"][0]["train_seconds"]
+    # Nor does it add to the wall time: that is still the one call that trained.
+    assert (resumed["wall_seconds"], resumed["calls"]) == (report["results"][0]["wall_seconds"], 1)
     assert resumed["peak_host_memory_gb"] is None
 
     # The distillation benchmark's report also names a dataset, but its rows are models, not methods' kNN curves.
