@@ -13,7 +13,10 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
 - the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`;
 - one BYOL step (its momentum target's forward and EMA update included), with cuDNN autotuning;
 - BYOL's EMA target update (ResNet-18 and projection head) one tensor at a time against
-  :func:`ssl_core.momentum.ema_update`'s multi-tensor kernels.
+  :func:`ssl_core.momentum.ema_update`'s multi-tensor kernels;
+- two costs of every epoch outside its steps: the engine's checkpoint of SimCLR (model and
+  optimizer state, written to a temporary file and renamed), and RankMe of a 50,000 x 512
+  kNN bank (:func:`ssl_core.label_free.rankme`), which the benchmark evaluates after every epoch.
 
 Writes ``results.json`` and ``results.md`` to ``--out``, again after each figure, so a run cut short keeps
 the figures it measured.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +38,7 @@ import torch
 from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.backbones import build_backbone
 from ssl_core.batch_augment import BatchViews, draw_view
+from ssl_core.label_free import rankme
 from ssl_core.methods.factory import build_method
 from ssl_core.momentum import ema_update
 from ssl_core.optimizers import build_optimizer
@@ -70,6 +76,18 @@ def ema_seconds(byol: torch.nn.Module, device: torch.device, calls: int) -> tupl
     return seconds_per_call(per_tensor, device, calls), seconds_per_call(multi_tensor, device, calls)
 
 
+def checkpoint_seconds(method: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> float:
+    """Seconds per save of the state the engine checkpoints after every epoch, the way it writes it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path, tmp = Path(folder) / "last.pt", Path(folder) / "last.tmp"
+
+        def save() -> None:
+            torch.save({"method": method.checkpoint_state(), "optimizer": optimizer.state_dict()}, tmp)
+            os.replace(tmp, path)
+
+        return seconds_per_call(save, device, calls=5, warmup=1)
+
+
 def rows(batch_size: int) -> list[tuple[str, str, int | None]]:
     """(results key, what it times, images per call or None) for each line of the table, in order."""
     b = batch_size
@@ -82,6 +100,8 @@ def rows(batch_size: int) -> list[tuple[str, str, int | None]]:
         ("draw_ms", "drawing the views' random parameters (eager)", None),
         ("ema_per_tensor_ms", "BYOL's EMA target update, one tensor at a time", None),
         ("ema_foreach_ms", "the same in multi-tensor kernels (ema_update)", None),
+        ("checkpoint_ms", "SimCLR's checkpoint (model and optimizer state) to a local file, once an epoch", None),
+        ("rankme_ms", "RankMe of the kNN bank (50,000 x 512 unless --bank-size), once an epoch", None),
         ("compiled_augment_ms", "2 SimCLR views, rendering compiled", b),
         ("compiled_augment_cuda_graphs_ms", "2 SimCLR views, rendering compiled with CUDA graphs", b),
         ("compiled_step_ms", f"compiled step, {b} images", b),
@@ -143,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--bank-size", type=int, default=50_000, help="kNN bank rows for RankMe (CIFAR-10: 50,000)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -194,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     per_tensor, multi_tensor = ema_seconds(byol, device, args.calls)
     profile.record("ema_per_tensor_ms", per_tensor)
     profile.record("ema_foreach_ms", multi_tensor)
+    profile.record("checkpoint_ms", checkpoint_seconds(method, sgd, device))
+    bank = torch.nn.functional.normalize(torch.randn(args.bank_size, 512, device=device), dim=1)
+    profile.record("rankme_ms", seconds_per_call(lambda: rankme(bank), device, calls=3, warmup=1))
     if args.compile:
         # Each compiled measurement on its own: one that fails on this machine records its error, not the others'.
         def compiled_augment(mode: str | None) -> Callable[[], float]:

@@ -12,7 +12,8 @@ from benchmarks import step_profile
 
 
 def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
-    step_profile.main(["--device", "cpu", "--no-compile", "--batch-size", "8", "--calls", "1", "--out", str(tmp_path)])
+    options = ["--device", "cpu", "--no-compile", "--batch-size", "8", "--calls", "1", "--bank-size", "1000"]
+    step_profile.main([*options, "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     for key in (
         "augment_ms",
@@ -22,12 +23,15 @@ def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
         "draw_ms",
         "ema_per_tensor_ms",
         "ema_foreach_ms",
+        "checkpoint_ms",
+        "rankme_ms",
     ):
         assert results[key] > 0, key
     assert 0 < results["augment_share"] < 1
     table = (tmp_path / "results.md").read_text()
     assert "| the same with LARS instead of SGD |" in table and "| compiled step" not in table
     assert "| the same in multi-tensor kernels (ema_update) |" in table
+    assert "| SimCLR's checkpoint (model and optimizer state) to a local file, once an epoch |" in table
 
 
 def test_a_profile_cut_short_keeps_the_figures_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
