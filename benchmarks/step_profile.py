@@ -88,7 +88,7 @@ def checkpoint_seconds(method: torch.nn.Module, optimizer: torch.optim.Optimizer
         return seconds_per_call(save, device, calls=5, warmup=1)
 
 
-def rows(batch_size: int) -> list[tuple[str, str, int | None]]:
+def rows(batch_size: int, bank_size: int = 50_000) -> list[tuple[str, str, int | None]]:
     """(results key, what it times, images per call or None) for each line of the table, in order."""
     b = batch_size
     return [
@@ -101,7 +101,7 @@ def rows(batch_size: int) -> list[tuple[str, str, int | None]]:
         ("ema_per_tensor_ms", "BYOL's EMA target update, one tensor at a time", None),
         ("ema_foreach_ms", "the same in multi-tensor kernels (ema_update)", None),
         ("checkpoint_ms", "SimCLR's checkpoint (model and optimizer state) to a local file, once an epoch", None),
-        ("rankme_ms", "RankMe of the kNN bank (50,000 x 512 unless --bank-size), once an epoch", None),
+        ("rankme_ms", f"RankMe of a {bank_size:,} x 512 kNN bank, once an epoch", None),
         ("compiled_augment_ms", "2 SimCLR views, rendering compiled", b),
         ("compiled_augment_cuda_graphs_ms", "2 SimCLR views, rendering compiled with CUDA graphs", b),
         ("compiled_step_ms", f"compiled step, {b} images", b),
@@ -116,12 +116,13 @@ class Profile:
     what it measured before the limit.
     """
 
-    def __init__(self, out: Path, batch_size: int, device: torch.device) -> None:
-        self.out, self.batch_size = out, batch_size
+    def __init__(self, out: Path, batch_size: int, device: torch.device, bank_size: int = 50_000) -> None:
+        self.out, self.batch_size, self.bank_size = out, batch_size, bank_size
         self.results: dict = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
             "torch": torch.__version__,
             "batch_size": batch_size,
+            "bank_size": bank_size,
         }
         out.mkdir(parents=True, exist_ok=True)
 
@@ -142,7 +143,7 @@ class Profile:
             "| what | ms per call | images/s |",
             "|---|---|---|",
         ]
-        for key, what, images in rows(self.batch_size):
+        for key, what, images in rows(self.batch_size, self.bank_size):
             if key not in self.results:
                 continue
             ms = self.results[key]
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    profile = Profile(args.out, args.batch_size, device)
+    profile = Profile(args.out, args.batch_size, device, args.bank_size)
     images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     spec = ViewConfig().spec()  # SimCLR's view, twice

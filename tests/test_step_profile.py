@@ -32,6 +32,7 @@ def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
     assert "| the same with LARS instead of SGD |" in table and "| compiled step" not in table
     assert "| the same in multi-tensor kernels (ema_update) |" in table
     assert "| SimCLR's checkpoint (model and optimizer state) to a local file, once an epoch |" in table
+    assert "| RankMe of a 1,000 x 512 kNN bank, once an epoch |" in table
 
 
 def test_a_profile_cut_short_keeps_the_figures_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
