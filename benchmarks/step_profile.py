@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +37,9 @@ import torch
 from ssl_core.augment import Normalization, ViewConfig
 from ssl_core.backbones import build_backbone
 from ssl_core.batch_augment import BatchViews, draw_view
+from ssl_core.engine import TrainConfig, TrainHistory, save_checkpoint
 from ssl_core.label_free import rankme
+from ssl_core.methods.base import SSLMethod
 from ssl_core.methods.factory import build_method
 from ssl_core.momentum import ema_update
 from ssl_core.optimizers import build_optimizer
@@ -76,15 +77,12 @@ def ema_seconds(byol: torch.nn.Module, device: torch.device, calls: int) -> tupl
     return seconds_per_call(per_tensor, device, calls), seconds_per_call(multi_tensor, device, calls)
 
 
-def checkpoint_seconds(method: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> float:
-    """Seconds per save of the state the engine checkpoints after every epoch, the way it writes it."""
+def checkpoint_seconds(method: SSLMethod, optimizer: torch.optim.Optimizer, device: torch.device) -> float:
+    """Seconds per :func:`ssl_core.engine.save_checkpoint`, which the engine calls after every epoch."""
+    config = TrainConfig(epochs=1, batch_size=1, lr=0.1)
     with tempfile.TemporaryDirectory() as folder:
-        path, tmp = Path(folder) / "last.pt", Path(folder) / "last.tmp"
-
-        def save() -> None:
-            torch.save({"method": method.checkpoint_state(), "optimizer": optimizer.state_dict()}, tmp)
-            os.replace(tmp, path)
-
+        path = Path(folder) / "last.pt"
+        save = functools.partial(save_checkpoint, path, 1, method, optimizer, TrainHistory(), config, "profile")
         return seconds_per_call(save, device, calls=5, warmup=1)
 
 

@@ -304,7 +304,7 @@ def train(
             # rank goes on from it, as a resumed run would.
             average_running_stats_(method)
             if rank() == 0:
-                _save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
+                save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
             barrier(device)  # no rank goes on, or returns, before the checkpoint is complete
             if on_epoch_end is not None:
                 on_epoch_end(stats)
@@ -348,7 +348,7 @@ def _epoch_batches(
     )
 
 
-def _save_checkpoint(
+def save_checkpoint(
     path: Path,
     epoch: int,
     method: SSLMethod,
@@ -357,6 +357,7 @@ def _save_checkpoint(
     config: TrainConfig,
     fingerprint: str,
 ) -> None:
+    """What :func:`train` writes to ``path`` after every epoch (``benchmarks/step_profile.py`` times it)."""
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
