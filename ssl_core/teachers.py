@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_core.backbones import infer_feature_dim
+from ssl_core.manifest import sha256_file
 from ssl_core.model_file import load_embedding_model
 
 DINOV2_MODELS = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14")
@@ -24,11 +25,19 @@ DINOV2_PATCH = 14
 
 @dataclass(frozen=True)
 class Teacher:
-    """A frozen embedding network and the size of its embeddings."""
+    """A frozen embedding network and the size of its embeddings.
+
+    Attributes:
+        description: what it is and where it came from, for people ("resnet18_cifar from models/teacher/model.pt").
+        weights_sha256: the SHA-256 of the file its weights were read from; None for weights that come from
+            elsewhere (torch.hub), which ``description`` names. A resumed distillation must not continue a run
+            distilled from other weights at the same path, so its checkpoint fingerprint includes this digest.
+    """
 
     module: nn.Module
     embedding_dim: int
     description: str
+    weights_sha256: str | None = None
 
 
 def load_teacher_file(path: Path) -> Teacher:
@@ -43,7 +52,7 @@ def load_teacher_file(path: Path) -> Teacher:
             f"or point to an existing embedding-model file (model.pt of a pretrain run)."
         )
     backbone, info = load_embedding_model(path)
-    return Teacher(_frozen(backbone), info.feature_dim, f"{info.backbone} from {path}")
+    return Teacher(_frozen(backbone), info.feature_dim, f"{info.backbone} from {path}", sha256_file(Path(path)))
 
 
 class ResizeTo(nn.Module):

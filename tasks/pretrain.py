@@ -287,6 +287,10 @@ def run(
         "optimizer": config.optimizer,  # training.optimizer resolved for the method
         "compiled": config.compile,  # training.compile resolved for this machine
         "teacher": teacher.description if teacher else None,
+        # A teacher retrained in place keeps its description: its weights' digest tells the two apart,
+        # so a resumed student never goes on distilling from a teacher that is no longer there.
+        # Only with a teacher, so that the checkpoints of runs without one keep their fingerprints.
+        **({"teacher_sha256": teacher.weights_sha256} if teacher else {}),
     }
     fingerprint = _fingerprint(resolved, ingested)
     if rank() != 0:  # the others train silently: no bar, no monitor, no MLflow, no files

@@ -10,12 +10,15 @@ import torch
 
 from ssl_core.augment import Normalization
 from ssl_core.backbones import build_backbone
+from ssl_core.manifest import sha256_file
 from ssl_core.methods import METHOD_NAMES
 from ssl_core.methods.factory import method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
-from tasks import cli, teacher
+from tasks import cli, pretrain, teacher
+from tasks.layout import MODEL_FILE
 from tasks.params import ParamsError, parse_params
 from tasks.pretrain import load_teacher
+from tests.datasets import random_ingested_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,8 +31,8 @@ def run_teacher(tmp_path: Path, student_method: str = "distillation", out: str =
     )
 
 
-def saved_model(path: Path) -> Path:
-    torch.manual_seed(0)
+def saved_model(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     save_embedding_model(
         path,
         build_backbone("resnet18_cifar").module,
@@ -88,3 +91,40 @@ def test_pretrain_before_the_teacher_stage_ran_is_a_clear_error(
     error = capsys.readouterr().err
     assert "models/teacher/teacher.json not found: run `sslpipe teacher` first" in error
     assert "\n" not in error.strip()  # one line, no traceback
+
+
+def test_a_student_resumes_only_from_a_run_distilled_from_the_same_teacher_weights(tmp_path: Path) -> None:
+    # `dvc repro` after a teacher change retrains the teacher into the same models/teacher/model.pt,
+    # then runs the student with resume on: its finished checkpoint of the old teacher must not be taken.
+    params = parse_params(
+        {
+            "pretrain": {
+                "method": "distillation",
+                "epochs": 1,
+                "batch_size": 4,
+                "device": "cpu",
+                "precision": "fp32",
+                "num_workers": 0,
+                "monitor": {"knn_bank": 0, "system_metrics": False},
+            }
+        }
+    )
+    ingested = random_ingested_folder(tmp_path / "data", 8)
+    teacher_dir = tmp_path / "teacher"
+
+    def distill() -> int:
+        """Distils the student from the teacher now in teacher_dir; the epoch it resumed from."""
+        result = pretrain.run(
+            params.pretrain, params.data, ingested, tmp_path / "student", tmp_path / "ckpt", load_teacher(teacher_dir)
+        )
+        return result.history.resumed_from_epoch
+
+    run_teacher(tmp_path, source=str(saved_model(tmp_path / "first.pt", seed=0)))
+    assert distill() == 0
+    assert distill() == 1  # the same teacher: the finished run is resumed, nothing retrained
+    first = json.loads((tmp_path / "student" / "config.json").read_text())["teacher_sha256"]
+
+    run_teacher(tmp_path, source=str(saved_model(tmp_path / "second.pt", seed=1)))  # same path, other weights
+    assert distill() == 0
+    second = json.loads((tmp_path / "student" / "config.json").read_text())["teacher_sha256"]
+    assert first != second and second == sha256_file(teacher_dir / MODEL_FILE)
