@@ -76,7 +76,7 @@ from ssl_core.embed import compute_embeddings, embed_uint8_images
 from ssl_core.engine import EpochStats, TrainConfig, train
 from ssl_core.knn import knn_evaluate
 from ssl_core.label_free import embed_two_views, label_free_scores, sample_indices, standard_views
-from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, write_manifest
+from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
 from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig
 from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
@@ -336,6 +336,8 @@ def run_method(
 ) -> MethodResult:
     config = train_config(args, name)
     fingerprint = f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{config.optimizer}-{args.seed}"
+    if teacher_path is not None:  # a teacher retrained, or another method become the best: distil afresh
+        fingerprint += f"-teacher-{sha256_file(teacher_path)}"
     method_dir = args.work_dir / "runs" / name
     # From here to the saved model, over every call that trains this method: the wall time of a claim
     # such as "200 epochs in 5 minutes", compilation, evaluations and checkpoints included.

@@ -7,11 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import label_free_vs_knn, lightly_benchmark, summarize
 from benchmarks.lightly_benchmark import DATASETS, main
 from ssl_core.backbones import build_backbone
+from ssl_core.engine import CHECKPOINT_NAME
+from ssl_core.manifest import sha256_file
 from ssl_core.methods.factory import build_method
+from ssl_core.model_file import load_embedding_model, save_embedding_model
 from tests.datasets import cut_cifar10
 
 TRAIN_PER_CLASS = 8
@@ -149,6 +153,24 @@ def hand_made_run(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "results.json").write_text(json.dumps({"header": header, "results": results}))
     return path / "results.json"
+
+
+def test_distillation_resumes_only_from_the_same_teacher_weights(tmp_path: Path, datasets_dir: Path) -> None:
+    """A later call may find a retrained teacher (or another best method) where the old one was: it distils afresh."""
+    run_benchmark(tmp_path, datasets_dir, "--methods", "simclr,distillation", "--epochs", "1")
+    work_dir = tmp_path / "work" / "cifar10"  # the script keeps each dataset's runs apart
+    checkpoint = work_dir / "runs" / "distillation" / "checkpoints" / CHECKPOINT_NAME
+    distilled_from_first = checkpoint.stat().st_mtime_ns
+    run_benchmark(tmp_path, datasets_dir, "--methods", "distillation", "--epochs", "1")
+    assert checkpoint.stat().st_mtime_ns == distilled_from_first  # the same teacher: finished, nothing retrained
+
+    teacher_file = lightly_benchmark.trained_model_path(argparse.Namespace(work_dir=work_dir), "simclr")
+    _, info = load_embedding_model(teacher_file)
+    torch.manual_seed(1)
+    save_embedding_model(teacher_file, build_backbone(info.backbone).module, info)  # other weights, same path
+    run_benchmark(tmp_path, datasets_dir, "--methods", "distillation", "--epochs", "1")
+    assert checkpoint.stat().st_mtime_ns != distilled_from_first
+    assert torch.load(checkpoint, weights_only=True)["fingerprint"].endswith(sha256_file(teacher_file))
 
 
 def test_label_free_vs_knn_on_scores_with_known_correlations(tmp_path: Path) -> None:
