@@ -30,8 +30,8 @@ class Teacher:
     Attributes:
         description: what it is and where it came from, for people ("resnet18_cifar from models/teacher/model.pt").
         weights_sha256: the SHA-256 of the file its weights were read from; None for weights that come from
-            elsewhere (torch.hub), which ``description`` names. A resumed distillation must not continue a run
-            distilled from other weights at the same path, so its checkpoint fingerprint includes this digest.
+            elsewhere (torch.hub), which ``description`` names with the input size. A resumed distillation must
+            not continue a run distilled from another teacher, so its checkpoint fingerprint includes both.
     """
 
     module: nn.Module
@@ -92,7 +92,8 @@ def load_dinov2_teacher(name: str = "dinov2_vitb14", image_size: int = 224) -> T
             f"embedding-model file as the teacher instead."
         ) from error
     module = ResizeTo(network, image_size)
-    return Teacher(_frozen(module), infer_feature_dim(module, image_size), f"{name} from torch.hub")
+    # The input size is part of what the teacher is: the same weights at another size teach other targets.
+    return Teacher(_frozen(module), infer_feature_dim(module, image_size), f"{name} at {image_size} px from torch.hub")
 
 
 def _frozen(module: nn.Module) -> nn.Module:

@@ -65,6 +65,15 @@ def test_unreachable_hub_raises_runtime_error_with_alternative(monkeypatch):
         load_dinov2_teacher("dinov2_vits14", 28)
 
 
+def test_a_dinov2_teacher_names_its_input_size(monkeypatch):
+    # The student's resume fingerprint knows a hub teacher only by its description: a run distilled
+    # at one input size must not be resumed at another.
+    monkeypatch.setattr(teachers.torch.hub, "load", lambda *args, **kwargs: torch.nn.Conv2d(3, 4, 14, stride=14))
+    small, large = load_dinov2_teacher("dinov2_vits14", 28), load_dinov2_teacher("dinov2_vits14", 56)
+    assert small.description == "dinov2_vits14 at 28 px from torch.hub" and small.weights_sha256 is None
+    assert large.description == "dinov2_vits14 at 56 px from torch.hub"
+
+
 def test_resize_to_resizes_only_when_needed():
     seen = []
     network = torch.nn.Flatten()
