@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (10 minutes at most), in one of two plans.
+# One call on a lent GPU machine (10 minutes at most), in one of three plans. The default, PLAN=auto, is
+# PLAN=accuracy until a result of it is committed (benchmarks/results/gpu-*-accuracy-*), then PLAN=table.
 #
-# PLAN=table (the default): the lightly table, one method per session.
+# PLAN=accuracy: why SimCLR ends under lightly's kNN after 200 epochs (0.777 against 0.848 on one H200,
+#   commit 5346cb7): the same short recipe (ACCURACY_EPOCHS, 15) trained three ways in one call, so that a
+#   gap shows which part of the engine it comes from:
+#   1. ours on the device path in bf16, as the table trains (lightly_benchmark.py --loader device);
+#   2. lightly's own heads, loss, transforms and loop against ours, both through the DataLoader/PIL path
+#      (lightly_side_by_side.py, lightly unpacked from the wheels in $DATASETS/wheels);
+#   3. ours on the device path in fp32, if the time left allows.
+#
+# PLAN=table: the lightly table, one method per session.
 #   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (40 s at most);
 #   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch-compile-<method>,
 #      for 200 epochs with torch.compile and a kNN evaluation after every epoch (about 8 minutes for SimCLR
@@ -33,7 +42,10 @@ BUDGET_S=${BUDGET_S:-560}      # the whole script, seconds
 WORKERS=${WORKERS:-14}
 EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 --device cpu" for a smoke run
 STEP_PROFILE_ARGS=${STEP_PROFILE_ARGS:-}  # e.g. "--batch-size 32 --calls 2 --device cpu" for a smoke run
-PLAN=${PLAN:-table}
+PLAN=${PLAN:-auto}
+ACCURACY_EPOCHS=${ACCURACY_EPOCHS:-15}
+# The side by side's CIFAR-10 subset: all of it by default; e.g. "--train-per-class 20 --test-per-class 10" for a smoke run.
+SIDE_BY_SIDE_ARGS=${SIDE_BY_SIDE_ARGS:---train-per-class 5000 --test-per-class 1000}
 TABLE_EPOCHS=${TABLE_EPOCHS:-200}
 TABLE_ORDER=${TABLE_ORDER:-simclr barlowtwins simsiam byol moco dino vicreg}  # cheapest first (2-epoch H200 rates); vicreg has no lightly row
 export PYTHONUNBUFFERED=1
@@ -44,6 +56,11 @@ results=/tmp/gpu-session-results
 rm -rf "$results" && mkdir -p "$results" "$OUT"
 
 left() { echo $((BUDGET_S - ($(date +%s) - started))); }
+PYLIB=/tmp/gpu-session-pylib
+unpack_wheels() {  # the wheels carried in $DATASETS/wheels (pytest; lightly for the side by side) into $PYLIB
+  compgen -G "$DATASETS/wheels/*.whl" >/dev/null || return 1
+  for wheel in "$DATASETS"/wheels/*.whl; do "$PY" -m zipfile -e "$wheel" "$PYLIB"; done
+}
 pack() { tar -czf "$OUT/results.tar.gz" -C "$results" . ; }
 bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $results/NAME
   local name=$1 limit=$2
@@ -94,6 +111,33 @@ table() {
   fi
   bench "gpu-cifar10-${TABLE_EPOCHS}epoch-compile-$method" $(( $(left) - 5 )) \
     --loader device --methods "$method" --epochs "$TABLE_EPOCHS" --compile
+}
+
+accuracy() {
+  # 1. The device path as the table trains, for ACCURACY_EPOCHS epochs (eager: compiling costs more than it saves here).
+  bench "gpu-cifar10-accuracy-device-bf16-${ACCURACY_EPOCHS}epoch" 150 \
+    --loader device --methods simclr --epochs "$ACCURACY_EPOCHS"
+  # 2. lightly against ours through the same DataLoader, same backbone and initialization (about 6,000 images/s
+  #    a side on an H200 with 14 workers: 15 epochs of 50,000 images are about 4.5 minutes for both sides).
+  if unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null; then
+    local name="gpu-cifar10-accuracy-side-by-side-${ACCURACY_EPOCHS}epoch"
+    local limit=$(( $(left) - 70 ))
+    echo "== $name (timeout ${limit}s, $(left)s left)"
+    # shellcheck disable=SC2086
+    PYTHONPATH="$PYLIB:$PYTHONPATH" timeout "$limit" "$PY" benchmarks/lightly_side_by_side.py --methods simclr \
+      --datasets "$DATASETS" --device "${ACCURACY_DEVICE:-cuda}" --epochs "$ACCURACY_EPOCHS" --batch-size 512 \
+      --num-workers "$WORKERS" --profile-steps 0 --work-dir /tmp/gpu-session-side-by-side \
+      --out "$results/$name" $SIDE_BY_SIDE_ARGS
+    echo "== $name exit $? (124: timed out)"
+    pack
+  else
+    echo "== side by side skipped: no lightly (carry its wheels in $DATASETS/wheels, benchmarks/README.md)"
+  fi
+  # 3. fp32 on the device path: what bf16 autocast costs in accuracy, with the time left.
+  if [ "$(left)" -gt 100 ]; then
+    bench "gpu-cifar10-accuracy-device-fp32-${ACCURACY_EPOCHS}epoch" $(( $(left) - 45 )) \
+      --loader device --methods simclr --epochs "$ACCURACY_EPOCHS" --precision fp32
+  fi
 }
 
 speed() {
@@ -148,18 +192,14 @@ cuda_tests() {
     echo "== cuda tests skipped: ${limit}s left"
     return
   fi
-  local pylib=/tmp/gpu-session-pylib
-  if ! "$PY" -c "import pytest" 2>/dev/null; then
-    if ! compgen -G "$DATASETS/wheels/*.whl" >/dev/null; then
-      echo "== cuda tests skipped: no pytest here and no wheels in $DATASETS/wheels"
-      return
-    fi
-    for wheel in "$DATASETS"/wheels/*.whl; do "$PY" -m zipfile -e "$wheel" "$pylib"; done
+  if ! "$PY" -c "import pytest" 2>/dev/null && ! unpack_wheels; then
+    echo "== cuda tests skipped: no pytest here and no wheels in $DATASETS/wheels"
+    return
   fi
   echo "== cuda tests (timeout ${limit}s)"
   local report="$results/gpu-cuda-tests/pytest.txt"  # a gpu-<name> folder, unpacked like the benchmarks'
   mkdir -p "$(dirname "$report")"
-  PYTHONPATH="$pylib:$PYTHONPATH" timeout "$limit" "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider \
+  PYTHONPATH="$PYLIB:$PYTHONPATH" timeout "$limit" "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider \
     tests/ssl_core/test_cuda.py tests/ssl_core/test_device_data.py tests/ssl_core/test_linear_probe.py \
     > "$report" 2>&1
   echo "== cuda tests exit $? (0: all passed, 124: timed out)"
@@ -167,10 +207,15 @@ cuda_tests() {
   pack
 }
 
+if [ "$PLAN" = auto ]; then
+  if compgen -G "benchmarks/results/gpu-*-accuracy-*" >/dev/null; then PLAN=table; else PLAN=accuracy; fi
+  echo "== PLAN=auto: $PLAN"
+fi
 case "$PLAN" in
+  accuracy) accuracy ;;
   table) table ;;
   speed) speed ;;
-  *) echo "PLAN must be table or speed, not $PLAN" >&2; exit 2 ;;
+  *) echo "PLAN must be auto, accuracy, table or speed, not $PLAN" >&2; exit 2 ;;
 esac
 cuda_tests
 echo "done after $(( $(date +%s) - started ))s"
