@@ -3,6 +3,7 @@ says itself what it needs: a teacher, its lr rule, its crops, its views."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,17 @@ def test_one_key_selects_the_method_with_its_recipe_from_params_yaml(name: str) 
     assert type(method) is method_class(name)
 
 
+# Where params.yaml's student recipe departs from a method's defaults on purpose, and the measurement why:
+# without mixup a 3-epoch CPU student gained 1.4 kNN points on each of three seeds
+# (benchmarks/results/cpu-recipe-sweep); the recipe keeps LightlyTrain's mixup for long runs.
+PARAMS_YAML_DEPARTURES = {"distillation": {"mixup": False}}
+
+
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_params_yaml_restates_every_recipe_default(name: str) -> None:
+    """Every value params.yaml writes out is the recipe's default, but for the departures listed above."""
     params = load_params(REPO_ROOT / "params.yaml")
-    assert getattr(params.pretrain, name) == RECIPES[name]()
+    assert getattr(params.pretrain, name) == replace(RECIPES[name](), **PARAMS_YAML_DEPARTURES.get(name, {}))
 
 
 def test_recipe_values_can_be_overridden() -> None:
