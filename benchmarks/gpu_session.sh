@@ -44,7 +44,8 @@ EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 
 STEP_PROFILE_ARGS=${STEP_PROFILE_ARGS:-}  # e.g. "--batch-size 32 --calls 2 --device cpu" for a smoke run
 PLAN=${PLAN:-auto}
 ACCURACY_EPOCHS=${ACCURACY_EPOCHS:-15}
-# The side by side's CIFAR-10 subset: all of it by default; e.g. "--train-per-class 20 --test-per-class 10" for a smoke run.
+# The side by side's CIFAR-10 subset: all of it by default. Its arguments come last, so a smoke run may override
+# any of them: e.g. "--train-per-class 20 --test-per-class 10 --batch-size 32 --device cpu".
 SIDE_BY_SIDE_ARGS=${SIDE_BY_SIDE_ARGS:---train-per-class 5000 --test-per-class 1000}
 TABLE_EPOCHS=${TABLE_EPOCHS:-200}
 TABLE_ORDER=${TABLE_ORDER:-simclr barlowtwins simsiam byol moco dino vicreg}  # cheapest first (2-epoch H200 rates); vicreg has no lightly row
@@ -57,9 +58,11 @@ rm -rf "$results" && mkdir -p "$results" "$OUT"
 
 left() { echo $((BUDGET_S - ($(date +%s) - started))); }
 PYLIB=/tmp/gpu-session-pylib
-unpack_wheels() {  # the wheels carried in $DATASETS/wheels (pytest; lightly for the side by side) into $PYLIB
+unpack_wheels() {  # the wheels carried in $DATASETS/wheels (pytest; lightly for the side by side) into $PYLIB, once
+  [ -e "$PYLIB/.unpacked" ] && return 0
   compgen -G "$DATASETS/wheels/*.whl" >/dev/null || return 1
   for wheel in "$DATASETS"/wheels/*.whl; do "$PY" -m zipfile -e "$wheel" "$PYLIB"; done
+  touch "$PYLIB/.unpacked"
 }
 pack() { tar -czf "$OUT/results.tar.gz" -C "$results" . ; }
 bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $results/NAME
@@ -125,7 +128,7 @@ accuracy() {
     echo "== $name (timeout ${limit}s, $(left)s left)"
     # shellcheck disable=SC2086
     PYTHONPATH="$PYLIB:$PYTHONPATH" timeout "$limit" "$PY" benchmarks/lightly_side_by_side.py --methods simclr \
-      --datasets "$DATASETS" --device "${ACCURACY_DEVICE:-cuda}" --epochs "$ACCURACY_EPOCHS" --batch-size 512 \
+      --datasets "$DATASETS" --device cuda --epochs "$ACCURACY_EPOCHS" --batch-size 512 \
       --num-workers "$WORKERS" --profile-steps 0 --work-dir /tmp/gpu-session-side-by-side \
       --out "$results/$name" $SIDE_BY_SIDE_ARGS
     echo "== $name exit $? (124: timed out)"
