@@ -3,12 +3,16 @@
 # PLAN=accuracy until a result of it is committed (benchmarks/results/gpu-*-accuracy-*), then PLAN=table.
 #
 # PLAN=accuracy: why SimCLR ends under lightly's kNN after 200 epochs (0.777 against 0.848 on one H200,
-#   commit 5346cb7): the same short recipe (ACCURACY_EPOCHS, 15) trained three ways in one call, so that a
-#   gap shows which part of the engine it comes from:
+#   commit 5346cb7): the same short recipe (ACCURACY_EPOCHS, 15) trained five ways in one call, each changing
+#   one thing against the first, so that a gap shows which part it comes from (lightly is unpacked from the
+#   wheels in $DATASETS/wheels for 2 and 4):
 #   1. ours on the device path in bf16, as the table trains (lightly_benchmark.py --loader device);
-#   2. lightly's own heads, loss, transforms and loop against ours, both through the DataLoader/PIL path
-#      (lightly_side_by_side.py, lightly unpacked from the wheels in $DATASETS/wheels);
-#   3. ours on the device path in fp32, if the time left allows.
+#   2. the same with lightly's own ResNet-18 (--backbone lightly_resnet18_cifar: no ReLU after the stem,
+#      PyTorch's default init);
+#   3. the same as 1 with another seed: how far two runs of one setup fall apart;
+#   4. lightly's own heads, loss, transforms and loop against ours, both through the DataLoader/PIL path
+#      (lightly_side_by_side.py);
+#   5. ours on the device path in fp32, if the time left allows.
 #
 # PLAN=table: the lightly table, one method per session.
 #   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (40 s at most);
@@ -117,29 +121,41 @@ table() {
 }
 
 accuracy() {
-  # 1. The device path as the table trains, for ACCURACY_EPOCHS epochs (eager: compiling costs more than it saves here).
-  bench "gpu-cifar10-accuracy-device-bf16-${ACCURACY_EPOCHS}epoch" 150 \
-    --loader device --methods simclr --epochs "$ACCURACY_EPOCHS"
-  # 2. lightly against ours through the same DataLoader, same backbone and initialization (about 6,000 images/s
-  #    a side on an H200 with 14 workers: 15 epochs of 50,000 images are about 4.5 minutes for both sides).
+  local epochs=$ACCURACY_EPOCHS
+  # 1. The device path as the table trains (eager: compiling costs more than it saves here).
+  bench "gpu-cifar10-accuracy-device-bf16-${epochs}epoch" 150 --loader device --methods simclr --epochs "$epochs"
+  local lightly_path=""
   if unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null; then
-    local name="gpu-cifar10-accuracy-side-by-side-${ACCURACY_EPOCHS}epoch"
-    local limit=$(( $(left) - 70 ))
+    lightly_path="$PYLIB:$PYTHONPATH"
+  else
+    echo "== no lightly: runs 2 and 4 skipped (carry its wheels in $DATASETS/wheels, benchmarks/README.md)"
+  fi
+  # 2. lightly's network in our engine: the only difference from 1 is the backbone.
+  if [ -n "$lightly_path" ]; then
+    PYTHONPATH="$lightly_path" bench "gpu-cifar10-accuracy-device-bf16-lightly-backbone-${epochs}epoch" 150 \
+      --loader device --methods simclr --epochs "$epochs" --backbone lightly_resnet18_cifar
+  fi
+  # 3. Run 1 again with another seed: the noise every other gap is measured against.
+  bench "gpu-cifar10-accuracy-device-bf16-seed1-${epochs}epoch" 150 \
+    --loader device --methods simclr --epochs "$epochs" --seed 1
+  # 4. lightly against ours through the same DataLoader, same backbone and initialization (6,200 images/s a side
+  #    on an H200 with 14 workers: 15 epochs of 50,000 images are about 4.5 minutes for both sides).
+  if [ -n "$lightly_path" ]; then
+    local name="gpu-cifar10-accuracy-side-by-side-${epochs}epoch"
+    local limit=$(( $(left) - 20 ))
     echo "== $name (timeout ${limit}s, $(left)s left)"
     # shellcheck disable=SC2086
-    PYTHONPATH="$PYLIB:$PYTHONPATH" timeout "$limit" "$PY" benchmarks/lightly_side_by_side.py --methods simclr \
-      --datasets "$DATASETS" --device cuda --epochs "$ACCURACY_EPOCHS" --batch-size 512 \
+    PYTHONPATH="$lightly_path" timeout "$limit" "$PY" benchmarks/lightly_side_by_side.py --methods simclr \
+      --datasets "$DATASETS" --device cuda --epochs "$epochs" --batch-size 512 \
       --num-workers "$WORKERS" --profile-steps 0 --work-dir /tmp/gpu-session-side-by-side \
       --out "$results/$name" $SIDE_BY_SIDE_ARGS
     echo "== $name exit $? (124: timed out)"
     pack
-  else
-    echo "== side by side skipped: no lightly (carry its wheels in $DATASETS/wheels, benchmarks/README.md)"
   fi
-  # 3. fp32 on the device path: what bf16 autocast costs in accuracy, with the time left.
+  # 5. fp32 on the device path: what bf16 autocast costs in accuracy, with the time left.
   if [ "$(left)" -gt 100 ]; then
-    bench "gpu-cifar10-accuracy-device-fp32-${ACCURACY_EPOCHS}epoch" $(( $(left) - 45 )) \
-      --loader device --methods simclr --epochs "$ACCURACY_EPOCHS" --precision fp32
+    bench "gpu-cifar10-accuracy-device-fp32-${epochs}epoch" $(( $(left) - 45 )) \
+      --loader device --methods simclr --epochs "$epochs" --precision fp32
   fi
 }
 

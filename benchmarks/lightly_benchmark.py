@@ -17,7 +17,9 @@ with cosine decay, SimSiam a fixed 0.06; SimCLR-style views; DINO on 2 global cr
 CIFAR-10 and 2 global + 6 local on Imagenette, as lightly's benchmarks) and
 is evaluated with kNN on the whole test split after every epoch, so both the
 final-epoch and best-epoch accuracy are reported, with training time and peak GPU
-and host memory per method. ``--lr`` replaces the recipe's learning rate.
+and host memory per method. ``--lr`` replaces the recipe's learning rate, and ``--backbone lightly_resnet18_cifar`` the
+project's CIFAR ResNet-18 with the one lightly's benchmark builds (from the lightly package),
+to tell the network's share of a gap from the engine's.
 ``distillation`` runs last and distills from the best model trained in this
 ``--work-dir``.
 
@@ -65,10 +67,11 @@ from torch.utils.data import Dataset, Subset
 # Run as a script (python benchmarks/lightly_benchmark.py): the repository root holds `benchmarks`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.lightly_reference import LIGHTLY_CIFAR10_BACKBONE, import_lightly, lightly_cifar10_backbone  # noqa: E402
 from benchmarks.machine import device_description  # noqa: E402
 from benchmarks.wall_clock import CallClock  # noqa: E402
 from ssl_core.augment import Normalization, ViewConfig, eval_transform
-from ssl_core.backbones import build_backbone
+from ssl_core.backbones import Backbone, available_backbones, build_backbone, infer_feature_dim
 from ssl_core.batch_augment import BatchViews
 from ssl_core.data import ManifestDataset
 from ssl_core.device_data import DeviceImages
@@ -297,10 +300,18 @@ def evaluate_on_device(
     return Evaluation(knn.top1, scores.rankme, scores.alignment, scores.uniformity)
 
 
+def benchmark_backbone(name: str, image_size: int) -> Backbone:
+    """``--backbone``: one of :func:`build_backbone`'s, or lightly's own CIFAR-10 ResNet-18 (needs lightly)."""
+    if name == LIGHTLY_CIFAR10_BACKBONE:
+        module = lightly_cifar10_backbone(import_lightly())
+        return Backbone(module=module, feature_dim=infer_feature_dim(module, image_size), name=name)
+    return build_backbone(name, image_size)
+
+
 def random_init_evaluation(spec: DatasetSpec, data: EvaluationData, args: argparse.Namespace) -> Evaluation:
     """The untrained backbone, seeded like every method's starting point."""
     seed_everything(args.seed)
-    return evaluate(build_backbone(spec.backbone, spec.image_size).module, data, args)
+    return evaluate(benchmark_backbone(args.backbone, spec.image_size).module, data, args)
 
 
 def read_epoch_log(path: Path) -> dict[str, dict]:
@@ -338,13 +349,15 @@ def run_method(
     fingerprint = f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{config.optimizer}-{args.seed}"
     if teacher_path is not None:  # a teacher retrained, or another method become the best: distil afresh
         fingerprint += f"-teacher-{sha256_file(teacher_path)}"
+    if args.backbone != spec.backbone:
+        fingerprint += f"-{args.backbone}"
     method_dir = args.work_dir / "runs" / name
     # From here to the saved model, over every call that trains this method: the wall time of a claim
     # such as "200 epochs in 5 minutes", compilation, evaluations and checkpoints included.
     clock = CallClock(method_dir / "wall_seconds.json", fingerprint, resume=args.resume)
     norm = Normalization()
     seed_everything(args.seed)
-    backbone = build_backbone(spec.backbone, spec.image_size)
+    backbone = benchmark_backbone(args.backbone, spec.image_size)
     train_set = ManifestDataset(root, [spec.train_split])
     teacher = load_teacher_file(teacher_path) if teacher_path is not None else None
     method = build_method(name, backbone, recipe(name, spec), teacher=teacher, num_images=len(train_set))
@@ -424,7 +437,7 @@ def run_method(
     result.best_knn_top1 = max(result.knn_per_epoch)
     result.best_epoch = evaluated[result.knn_per_epoch.index(result.best_knn_top1)]
     result.collapsed = bool(history.epochs and history.epochs[-1].collapsed)
-    info = EmbeddingModelInfo(spec.backbone, backbone.feature_dim, spec.image_size, norm, name)
+    info = EmbeddingModelInfo(args.backbone, backbone.feature_dim, spec.image_size, norm, name)
     save_embedding_model(trained_model_path(args, name), method.backbone.cpu(), info)
     if history.resumed_from_epoch < args.epochs:
         clock.record()  # this call trained: its time runs to the saved model
@@ -520,6 +533,12 @@ def main(argv: list[str] | None = None) -> None:
         default="auto",
         help="auto: the method's own (SGD as in the lightly recipe; LARS for Barlow Twins and VICReg)",
     )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help=f"default: the dataset's (cifar10: resnet18_cifar); {LIGHTLY_CIFAR10_BACKBONE}: the ResNet-18 of "
+        "lightly's CIFAR-10 benchmark, built by the lightly package (no ReLU after the stem, PyTorch's default init)",
+    )
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--device", default="auto")
@@ -553,13 +572,15 @@ def main(argv: list[str] | None = None) -> None:
     methods = tuple(m for m in ALL_METHODS if m in methods)
 
     spec = DATASETS[args.dataset]
+    args.backbone = args.backbone or spec.backbone
+    check_backbone(args.backbone, methods, parser)
     set_up = time.perf_counter()
     root = prepare(spec, args.datasets, args.work_dir, args.train_per_class, args.test_per_class)
     device = resolve_device(args.device)
     setup = {
         "dataset": args.dataset,
         "device": device_description(device),
-        "backbone": spec.backbone,
+        "backbone": args.backbone,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "precision": args.precision,
@@ -608,6 +629,26 @@ def main(argv: list[str] | None = None) -> None:
         header = {**previous_header, **setup, "commands": commands, "failed": failed, "setup_seconds": setup_seconds}
         write_results(args.out, header, finished)
     print((args.out / "results.md").read_text())
+
+
+def check_backbone(name: str, methods: tuple[str, ...], parser: argparse.ArgumentParser) -> None:
+    """Fails (via ``parser.error``) before any work on a backbone the run cannot build or a teacher could not load."""
+    if name == LIGHTLY_CIFAR10_BACKBONE:
+        try:
+            import_lightly()
+        except ImportError as error:
+            parser.error(str(error))
+        distilled = [m for m in methods if method_class(m).needs_teacher]
+        if distilled:
+            parser.error(
+                f"--backbone {name} cannot train {', '.join(distilled)}: a teacher is loaded from the project's "
+                "model file, which rebuilds only the project's own backbones"
+            )
+    elif name not in available_backbones():
+        parser.error(
+            f"--backbone {name!r} is unknown: choose {LIGHTLY_CIFAR10_BACKBONE} or one of "
+            f"{', '.join(available_backbones())}"
+        )
 
 
 def write_results(out: Path, header: dict, finished: dict[str, MethodResult]) -> None:

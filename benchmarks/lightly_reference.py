@@ -40,6 +40,7 @@ def import_lightly() -> ModuleType:
     try:
         import lightly
         import lightly.loss
+        import lightly.models
         import lightly.models.modules
         import lightly.models.utils
         import lightly.transforms
@@ -48,6 +49,28 @@ def import_lightly() -> ModuleType:
     except ImportError as error:
         raise ImportError(f"{INSTALL_HINT} ({error})") from error
     return lightly
+
+
+# The name by which lightly_benchmark.py --backbone asks for lightly_cifar10_backbone.
+LIGHTLY_CIFAR10_BACKBONE = "lightly_resnet18_cifar"
+
+
+def lightly_cifar10_backbone(lightly: ModuleType) -> nn.Module:
+    """The ResNet-18 of lightly's CIFAR-10 benchmark: ``ResNetGenerator("resnet-18")``'s children but its classifier.
+
+    Same layers and parameter count as our ``resnet18_cifar``, two differences:
+
+    - no ReLU after the stem: the generator applies it in ``forward``, and the benchmark keeps
+      only its modules (``nn.Sequential(*list(resnet.children())[:-1], nn.AdaptiveAvgPool2d(1))``);
+    - PyTorch's default initialization (Kaiming uniform, a = sqrt(5)) where torchvision's ResNet
+      draws Kaiming normal (fan out): the block convolutions start with 3 to 6 times smaller squared
+      norms. BatchNorm follows each, so their effective learning rate is that much larger until
+      weight decay evens the norms out.
+
+    Returns (B, 512) features, as our backbones.
+    """
+    resnet = lightly.models.ResNetGenerator("resnet-18")
+    return nn.Sequential(*list(resnet.children())[:-1], nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
 
 class LightlySimCLR(nn.Module):

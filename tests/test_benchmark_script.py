@@ -11,6 +11,7 @@ import torch
 
 from benchmarks import label_free_vs_knn, lightly_benchmark, summarize
 from benchmarks.lightly_benchmark import DATASETS, main
+from benchmarks.lightly_reference import LIGHTLY_CIFAR10_BACKBONE, import_lightly
 from ssl_core.backbones import build_backbone
 from ssl_core.engine import CHECKPOINT_NAME
 from ssl_core.manifest import sha256_file
@@ -245,3 +246,41 @@ def test_optimizer_is_the_methods_own_unless_named(method: str, option: str, opt
     config = lightly_benchmark.train_config(args, method)
     assert config.optimizer == optimizer
     assert config.lr == pytest.approx(0.24)  # the lightly recipe's lr either way
+
+
+def test_lightlys_own_resnet18_trains_as_a_setup_of_its_own(tmp_path: Path, datasets_dir: Path) -> None:
+    """``--backbone lightly_resnet18_cifar``: lightly's benchmark network, which differs from ours where documented."""
+    try:
+        import_lightly()
+    except ImportError as error:
+        pytest.skip(str(error))
+    torch.manual_seed(0)
+    ours = build_backbone("resnet18_cifar").module
+    theirs = lightly_benchmark.benchmark_backbone(LIGHTLY_CIFAR10_BACKBONE, 32)
+    assert theirs.feature_dim == 512 and theirs.name == LIGHTLY_CIFAR10_BACKBONE
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(theirs.module) == count(ours)
+    # No ReLU after the stem: the first block receives the stem BatchNorm's negative values; ours receives none.
+    seen = {}
+    ours.layer1.register_forward_pre_hook(lambda _, inputs: seen.update(ours=inputs[0].min().item()))
+    theirs.module[2].register_forward_pre_hook(lambda _, inputs: seen.update(theirs=inputs[0].min().item()))
+    images = torch.randn(4, 3, 32, 32)
+    assert ours(images).shape == theirs.module(images).shape == (4, 512)
+    assert seen["ours"] >= 0 > seen["theirs"]
+    # PyTorch's default init: the block convolutions' squared norms are 3x (to 128 channels and more) or
+    # 6x smaller than torchvision's.
+    [block_conv] = [m for name, m in theirs.module.named_modules() if name == "5.1.conv2"]
+    ratio = ours.layer4[1].conv2.weight.norm() ** 2 / block_conv.weight.norm() ** 2
+    assert ratio.item() == pytest.approx(6, rel=0.05)
+
+    lightlys = ("--backbone", LIGHTLY_CIFAR10_BACKBONE)
+    run_benchmark(tmp_path, datasets_dir, "--methods", "simclr", "--epochs", "1", *lightlys)
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["header"]["backbone"] == LIGHTLY_CIFAR10_BACKBONE
+    [result] = report["results"]
+    assert 0.0 <= result["final_knn_top1"] <= 1.0 and result["random_init"]["rankme"] >= 1.0
+    assert f"backbone {LIGHTLY_CIFAR10_BACKBONE}" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(SystemExit):  # our backbone's numbers would mix with lightly's in one table
+        run_benchmark(tmp_path, datasets_dir, "--methods", "simclr", "--epochs", "1")
+    with pytest.raises(SystemExit):  # a teacher of this backbone could not be loaded back
+        run_benchmark(tmp_path, datasets_dir, "--methods", "distillation", *lightlys)
