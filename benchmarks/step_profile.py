@@ -14,8 +14,9 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
 - one BYOL step (its momentum target's forward and EMA update included), with cuDNN autotuning;
 - BYOL's EMA target update (ResNet-18 and projection head) one tensor at a time against
   :func:`ssl_core.momentum.ema_update`'s multi-tensor kernels;
-- two costs of every epoch outside its steps: the engine's checkpoint of SimCLR (model and
-  optimizer state, written to a temporary file and renamed), and RankMe of a 50,000 x 512
+- two costs outside the steps: the engine's checkpoint of SimCLR (model and optimizer state,
+  written to a temporary file and renamed; after an epoch, at most one per
+  ``TrainConfig.checkpoint_interval_s``), and RankMe of a 50,000 x 512
   kNN bank (:func:`ssl_core.label_free.rankme`), which the benchmark evaluates after every epoch.
 
 Writes ``results.json`` and ``results.md`` to ``--out``, again after each figure, so a run cut short keeps
@@ -78,7 +79,8 @@ def ema_seconds(byol: torch.nn.Module, device: torch.device, calls: int) -> tupl
 
 
 def checkpoint_seconds(method: SSLMethod, optimizer: torch.optim.Optimizer, device: torch.device) -> float:
-    """Seconds per :func:`ssl_core.engine.save_checkpoint`, which the engine calls after every epoch."""
+    """Seconds per :func:`ssl_core.engine.save_checkpoint`, which the engine calls after an epoch, at most once
+    per ``checkpoint_interval_s``."""
     config = TrainConfig(epochs=1, batch_size=1, lr=0.1)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "last.pt"
@@ -98,7 +100,7 @@ def rows(batch_size: int, bank_size: int = 50_000) -> list[tuple[str, str, int |
         ("draw_ms", "drawing the views' random parameters (eager)", None),
         ("ema_per_tensor_ms", "BYOL's EMA target update, one tensor at a time", None),
         ("ema_foreach_ms", "the same in multi-tensor kernels (ema_update)", None),
-        ("checkpoint_ms", "SimCLR's checkpoint (model and optimizer state) to a local file, once an epoch", None),
+        ("checkpoint_ms", "SimCLR's checkpoint (model and optimizer state) to a local file", None),
         ("rankme_ms", f"RankMe of a {bank_size:,} x 512 kNN bank, once an epoch", None),
         ("compiled_augment_ms", "2 SimCLR views, rendering compiled", b),
         ("compiled_augment_cuda_graphs_ms", "2 SimCLR views, rendering compiled with CUDA graphs", b),

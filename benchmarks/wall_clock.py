@@ -7,12 +7,14 @@ epoch, saving the model. On a machine with a time limit per call a method may ta
 several calls (each resuming from the last checkpoint), so each call's seconds are kept
 in a small JSON file beside the method's checkpoints and the total is their sum.
 
-A call is written down when it finishes (trains, checkpoints and evaluates) its first epoch
-and again after every later one, so a call killed at its time limit still counts up to its
-last finished epoch. What it did after that is missing from the total: at most one epoch,
+A call is written down when it finishes (trains, checkpoints if due, and evaluates) its first
+epoch and again after every later one, so a call killed at its time limit still counts up to
+its last finished epoch. What it did after that is missing from the total: at most one epoch,
 which the next call retrains and times, or, when the kill came between a checkpoint and its
-evaluation, only evaluates. A call that trains nothing (its method was already finished)
-adds nothing.
+evaluation, only evaluates. The epochs it finished after its last checkpoint (at most
+``checkpoint_interval_s`` of training) count twice: the next call resumes from that
+checkpoint and trains them again, time really spent. A call that trains nothing (its method
+was already finished) adds nothing.
 """
 
 from __future__ import annotations

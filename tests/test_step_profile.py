@@ -31,7 +31,7 @@ def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text()
     assert "| the same with LARS instead of SGD |" in table and "| compiled step" not in table
     assert "| the same in multi-tensor kernels (ema_update) |" in table
-    assert "| SimCLR's checkpoint (model and optimizer state) to a local file, once an epoch |" in table
+    assert "| SimCLR's checkpoint (model and optimizer state) to a local file |" in table
     assert "| RankMe of a 1,000 x 512 kNN bank, once an epoch |" in table
 
 

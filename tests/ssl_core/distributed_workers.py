@@ -160,6 +160,7 @@ def tiny_dino(freeze_last_layer_fraction: float) -> DINO:
 
 
 def train_config(epochs: int, **settings: Any) -> TrainConfig:
+    settings = {"checkpoint_interval_s": 0.0, **settings}  # a checkpoint after every epoch, for the resume tests
     return TrainConfig(epochs=epochs, batch_size=8, lr=0.1, warmup_epochs=1, seed=7, device="cpu", **settings)
 
 

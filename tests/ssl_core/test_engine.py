@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from torch.utils.data import Subset
 
 from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
 from ssl_core.data import ManifestDataset
-from ssl_core.engine import CHECKPOINT_NAME, StepInfo, TrainConfig, TrainHistory, train
+from ssl_core.engine import CHECKPOINT_NAME, EpochStats, StepInfo, TrainConfig, TrainHistory, train
 from ssl_core.methods.simclr import SimCLR, SimCLRConfig
 
 FEATURE_DIM = 16
@@ -43,6 +45,7 @@ def make_config(epochs: int, batch_size: int = 16, optimizer: str = "sgd") -> Tr
         device="cpu",
         precision="fp32",
         num_workers=0,
+        checkpoint_interval_s=0.0,  # a checkpoint after every epoch: the resume tests crash in the second
     )
 
 
@@ -184,3 +187,27 @@ def test_batch_larger_than_dataset_is_reduced(dataset, tmp_path):
     )
     assert len(steps) == 1 and steps[0].steps_per_epoch == 1
     assert len(history.epochs) == 1 and math.isfinite(history.epochs[0].loss)
+
+
+def checkpointed_epochs(dataset, folder: Path, interval_s: float, pause_after_epoch: int = 0) -> list[int | None]:
+    """The epoch of ``last.pt`` as each epoch of a 3-epoch run ends (None: none yet); one epoch may pause 2.1 s."""
+    seen: list[int | None] = []
+
+    def look(stats: EpochStats) -> None:
+        path = folder / CHECKPOINT_NAME
+        seen.append(torch.load(path, weights_only=True)["epoch"] if path.exists() else None)
+        if stats.epoch == pause_after_epoch:
+            time.sleep(2.1)
+
+    config = dataclasses.replace(make_config(epochs=3), checkpoint_interval_s=interval_s)
+    train(make_method(), dataset, config, folder, fingerprint=FINGERPRINT, on_epoch_end=look)
+    return seen
+
+
+def test_a_checkpoint_waits_for_its_interval_and_the_last_epoch_always_writes_one(dataset, tmp_path):
+    assert checkpointed_epochs(dataset, tmp_path / "every", interval_s=0.0) == [1, 2, 3]
+    assert checkpointed_epochs(dataset, tmp_path / "hourly", interval_s=3600.0) == [None, None, 3]
+    # Epoch 2 ends more than 2 s after the start (or after epoch 1's checkpoint, if epoch 1 took that long).
+    assert checkpointed_epochs(dataset, tmp_path / "paused", interval_s=2.0, pause_after_epoch=1)[1:] == [2, 3]
+    with pytest.raises(ValueError, match="checkpoint_interval_s must be >= 0"):
+        dataclasses.replace(make_config(epochs=1), checkpoint_interval_s=-1.0)

@@ -84,6 +84,7 @@ def device_path_config(method: SSLMethod, device: str, epochs: int = 1) -> Train
         seed=3,
         device=device,
         precision="bf16-mixed",
+        checkpoint_interval_s=0.0,  # a checkpoint after every epoch, as test_cuda's resume test needs
     )
 
 
