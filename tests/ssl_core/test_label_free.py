@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_core.label_free import alignment, rankme, uniformity
+from ssl_core.label_free import alignment, rankme, singular_values, uniformity
 
 
 def naive_rankme(z: np.ndarray, eps: float = 1e-7) -> float:
@@ -73,3 +73,17 @@ def test_uniformity_matches_the_formula_and_ranks_collapse_last(random_embedding
     assert uniformity(torch.from_numpy(collapsed)) == pytest.approx(0.0, abs=1e-6)
     # Spread over the sphere: much lower (random 32-d unit vectors are ~sqrt(2) apart: about -t * 2 = -4).
     assert uniformity(torch.from_numpy(x)) < -3.5
+
+
+@pytest.mark.parametrize("shape", [(2000, 64), (64, 2000), (300, 300)])
+def test_singular_values_from_the_gram_matrix_match_an_svd(shape: tuple[int, int]) -> None:
+    """Tall (a kNN bank), wide and square, with a spread of scales: within 1e-8 of the largest, largest first."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    x = x * torch.logspace(0, -6, shape[1], dtype=torch.float64)  # columns from 1 down to 1e-6
+    x = x.float().double()  # what an embedding holds: float32 values
+    expected = torch.linalg.svdvals(x)
+    ours = singular_values(x.float())
+    assert ours.dtype == torch.float64 and ours.shape == expected.shape
+    assert torch.all(ours[:-1] >= ours[1:])
+    assert (ours - expected).abs().max() <= 1e-8 * expected[0]
