@@ -311,7 +311,7 @@ def benchmark_backbone(name: str, image_size: int) -> Backbone:
 def random_init_evaluation(spec: DatasetSpec, data: EvaluationData, args: argparse.Namespace) -> Evaluation:
     """The untrained backbone, seeded like every method's starting point."""
     seed_everything(args.seed)
-    return evaluate(benchmark_backbone(args.backbone, spec.image_size).module, data, args)
+    return evaluate(benchmark_backbone(spec.backbone, spec.image_size).module, data, args)
 
 
 def read_epoch_log(path: Path) -> dict[str, dict]:
@@ -349,15 +349,15 @@ def run_method(
     fingerprint = f"{name}-{args.dataset}-{args.epochs}-{args.batch_size}-{config.lr}-{config.optimizer}-{args.seed}"
     if teacher_path is not None:  # a teacher retrained, or another method become the best: distil afresh
         fingerprint += f"-teacher-{sha256_file(teacher_path)}"
-    if args.backbone != spec.backbone:
-        fingerprint += f"-{args.backbone}"
+    if spec.backbone != DATASETS[args.dataset].backbone:  # --backbone, or a model of distillation_benchmark.py
+        fingerprint += f"-{spec.backbone}"
     method_dir = args.work_dir / "runs" / name
     # From here to the saved model, over every call that trains this method: the wall time of a claim
     # such as "200 epochs in 5 minutes", compilation, evaluations and checkpoints included.
     clock = CallClock(method_dir / "wall_seconds.json", fingerprint, resume=args.resume)
     norm = Normalization()
     seed_everything(args.seed)
-    backbone = benchmark_backbone(args.backbone, spec.image_size)
+    backbone = benchmark_backbone(spec.backbone, spec.image_size)
     train_set = ManifestDataset(root, [spec.train_split])
     teacher = load_teacher_file(teacher_path) if teacher_path is not None else None
     method = build_method(name, backbone, recipe(name, spec), teacher=teacher, num_images=len(train_set))
@@ -437,7 +437,7 @@ def run_method(
     result.best_knn_top1 = max(result.knn_per_epoch)
     result.best_epoch = evaluated[result.knn_per_epoch.index(result.best_knn_top1)]
     result.collapsed = bool(history.epochs and history.epochs[-1].collapsed)
-    info = EmbeddingModelInfo(args.backbone, backbone.feature_dim, spec.image_size, norm, name)
+    info = EmbeddingModelInfo(spec.backbone, backbone.feature_dim, spec.image_size, norm, name)
     save_embedding_model(trained_model_path(args, name), method.backbone.cpu(), info)
     if history.resumed_from_epoch < args.epochs:
         clock.record()  # this call trained: its time runs to the saved model
@@ -571,16 +571,15 @@ def main(argv: list[str] | None = None) -> None:
     # A method that needs a teacher learns from one trained before it in this run.
     methods = tuple(m for m in ALL_METHODS if m in methods)
 
-    spec = DATASETS[args.dataset]
-    args.backbone = args.backbone or spec.backbone
-    check_backbone(args.backbone, methods, parser)
+    spec = replace(DATASETS[args.dataset], backbone=args.backbone or DATASETS[args.dataset].backbone)
+    check_backbone(spec.backbone, methods, parser)
     set_up = time.perf_counter()
     root = prepare(spec, args.datasets, args.work_dir, args.train_per_class, args.test_per_class)
     device = resolve_device(args.device)
     setup = {
         "dataset": args.dataset,
         "device": device_description(device),
-        "backbone": args.backbone,
+        "backbone": spec.backbone,
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         "precision": args.precision,
