@@ -571,7 +571,9 @@ def main(argv: list[str] | None = None) -> None:
     # A method that needs a teacher learns from one trained before it in this run.
     methods = tuple(m for m in ALL_METHODS if m in methods)
 
-    spec = replace(DATASETS[args.dataset], backbone=args.backbone or DATASETS[args.dataset].backbone)
+    spec = DATASETS[args.dataset]
+    if args.backbone is not None:
+        spec = replace(spec, backbone=args.backbone)
     check_backbone(spec.backbone, methods, parser)
     set_up = time.perf_counter()
     root = prepare(spec, args.datasets, args.work_dir, args.train_per_class, args.test_per_class)
