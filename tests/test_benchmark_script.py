@@ -267,8 +267,8 @@ def test_lightlys_own_resnet18_trains_as_a_setup_of_its_own(tmp_path: Path, data
     images = torch.randn(4, 3, 32, 32)
     assert ours(images).shape == theirs.module(images).shape == (4, 512)
     assert seen["ours"] >= 0 > seen["theirs"]
-    # PyTorch's default init: the block convolutions' squared norms are 3x (to 128 channels and more) or
-    # 6x smaller than torchvision's.
+    # PyTorch's default init: the block convolutions' squared norms are 3x (a downsampling block's first
+    # convolution and its shortcut) or 6x (every other) smaller than torchvision's.
     block_conv = theirs.module.get_submodule("5.1.conv2")  # layer4's last convolution, as ours.layer4[1].conv2
     ratio = ours.layer4[1].conv2.weight.norm() ** 2 / block_conv.weight.norm() ** 2
     assert ratio.item() == pytest.approx(6, rel=0.05)
