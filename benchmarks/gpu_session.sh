@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (10 minutes at most), in one of three plans. The default, PLAN=auto, is
-# PLAN=accuracy until a result of it is committed (benchmarks/results/gpu-*-accuracy-*), then PLAN=table.
+# One call on a lent GPU machine (10 minutes at most), in one of four plans. The default, PLAN=auto, is the first
+# of PLAN=accuracy, PLAN=accuracy-long and PLAN=table whose result is not committed yet (benchmarks/results/
+# gpu-*-accuracy-device-*, gpu-*-accuracy-long-*; the table goes on one method per session).
 #
 # PLAN=accuracy: why SimCLR ends under lightly's kNN after 200 epochs (0.777 against 0.848 on one H200,
 #   commit 5346cb7): the same short recipe (ACCURACY_EPOCHS, 15) trained five ways in one call, each changing
@@ -13,6 +14,19 @@
 #   4. lightly's own heads, loss, transforms and loop against ours, both through the DataLoader/PIL path
 #      (lightly_side_by_side.py);
 #   5. ours on the device path in fp32, if the time left allows.
+#
+# PLAN=accuracy-long: the same question further along. PLAN=accuracy (15 epochs, committed 2026-11-27) found no gap
+#   at all: every way agreed within 0.9 points (0.595-0.604). lightly's kNN curve of SimCLR at batch 512 (its docs,
+#   2021-2022: bench_knn-cifar10-200epochs.png; lr 0.06, no BN in the head, final 0.83) passes ours only later:
+#   about 0.60 at epoch 15 as ours, 0.71 at epoch 50 against our 0.673, 0.755 at 100 against 0.711. So this plan
+#   trains the first epochs of the same 200-epoch schedule (ACCURACY_LONG_S seconds each, about 40 epochs on an
+#   H200, eager), three ways, each changing one thing
+#   against the committed 200-epoch SimCLR run (gpu-*-cifar10-200epoch-compile-simclr), whose curve is the baseline:
+#   1. lightly's ResNet-18 (--backbone lightly_resnet18_cifar);
+#   2. a second dose of JPEG loss: the archive re-encoded at quality 50 (benchmarks/reencode_jpeg.py; 6.9/255 more
+#      error, about what the first encoding added to CIFAR-10's pixels): if it costs nothing, neither did the first;
+#   3. fp32 instead of bf16 autocast, with the time left.
+#   gpu-accuracy-long-summary/results.md sets the curves side by side at every 5th epoch.
 #
 # PLAN=table: the lightly table, one method per session.
 #   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (40 s at most);
@@ -48,6 +62,7 @@ EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 
 STEP_PROFILE_ARGS=${STEP_PROFILE_ARGS:-}  # e.g. "--batch-size 32 --calls 2 --device cpu" for a smoke run
 PLAN=${PLAN:-auto}
 ACCURACY_EPOCHS=${ACCURACY_EPOCHS:-15}
+ACCURACY_LONG_S=${ACCURACY_LONG_S:-165}  # each run of PLAN=accuracy-long but the last, seconds
 # The side by side's CIFAR-10 subset: all of it by default. Its arguments come last, so a smoke run may override
 # any of them: e.g. "--train-per-class 20 --test-per-class 10 --batch-size 32 --device cpu".
 SIDE_BY_SIDE_ARGS=${SIDE_BY_SIDE_ARGS:---train-per-class 5000 --test-per-class 1000}
@@ -73,9 +88,11 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $resul
   local name=$1 limit=$2
   shift 2
   echo "== $name (timeout ${limit}s, $(left)s left)"
-  # Each stage its own checkpoints (same fingerprints otherwise), one extraction of the archive for all.
-  mkdir -p "/tmp/gpu-session-work/$name/cifar10" /tmp/gpu-session-data
-  ln -sfn /tmp/gpu-session-data "/tmp/gpu-session-work/$name/cifar10/data"
+  # Each stage its own checkpoints (same fingerprints otherwise), one extraction of the archive for all
+  # (SESSION_DATA: another, for another archive).
+  local data=${SESSION_DATA:-/tmp/gpu-session-data}
+  mkdir -p "/tmp/gpu-session-work/$name/cifar10" "$data"
+  ln -sfn "$data" "/tmp/gpu-session-work/$name/cifar10/data"
   # shellcheck disable=SC2086
   timeout "$limit" "$PY" benchmarks/lightly_benchmark.py --dataset cifar10 --datasets "$DATASETS" \
     --num-workers "$WORKERS" --work-dir "/tmp/gpu-session-work/$name" --out "$results/$name" $EXTRA "$@"
@@ -159,6 +176,54 @@ accuracy() {
   fi
 }
 
+accuracy_long() {
+  local prefix=gpu-cifar10-accuracy-long-200epoch
+  if unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null; then
+    PYTHONPATH="$PYLIB:$PYTHONPATH" bench "$prefix-lightly-backbone" "$ACCURACY_LONG_S" \
+      --loader device --methods simclr --epochs 200 --backbone lightly_resnet18_cifar
+  else
+    echo "== no lightly: run 1 skipped (carry its wheels in $DATASETS/wheels, benchmarks/README.md)"
+  fi
+  local dose=/tmp/gpu-session-jpeg-q50
+  if "$PY" benchmarks/reencode_jpeg.py "$DATASETS/cifar10-jpeg.tar.gz" "$dose" --quality 50 --workers "$WORKERS" \
+      > /tmp/gpu-session-reencode.log 2>&1; then
+    DATASETS=$dose SESSION_DATA=/tmp/gpu-session-data-q50 bench "$prefix-jpeg-q50" "$ACCURACY_LONG_S" \
+      --loader device --methods simclr --epochs 200
+    cp "$dose/cifar10-jpeg.tar.gz.reencode.json" "$results/$prefix-jpeg-q50/reencode.json"
+  else
+    echo "== re-encoding failed: run 2 skipped"; cat /tmp/gpu-session-reencode.log
+  fi
+  bench "$prefix-fp32" $(( $(left) - 25 )) --loader device --methods simclr --epochs 200 --precision fp32
+  # The curves side by side, against the committed 200-epoch run's.
+  "$PY" - "$results" benchmarks/results <<'PY'
+import json, sys
+from pathlib import Path
+
+results, committed = Path(sys.argv[1]), Path(sys.argv[2])
+runs = {}
+for variant in ("lightly-backbone", "jpeg-q50", "fp32"):  # in the order they ran
+    path = results / f"gpu-cifar10-accuracy-long-200epoch-{variant}" / "simclr-knn_per_epoch.json"
+    if path.exists():
+        runs[variant] = json.loads(path.read_text())
+curves = {}
+for path in sorted(committed.glob("gpu-*-cifar10-200epoch-compile-simclr/simclr-knn_per_epoch.json"))[:1]:
+    curves[f"baseline: {path.parent.name} (compiled)"] = json.loads(path.read_text())
+curves.update(runs)
+last = max((max(map(int, curve)) for curve in runs.values()), default=0)  # the furthest epoch this call reached
+epochs = sorted({*range(5, last + 1, 5), last} - {0})
+lines = ["# The first epochs of 200-epoch SimCLR, kNN top-1 (PLAN=accuracy-long)", "",
+         "| run | " + " | ".join(f"epoch {e}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
+for name, curve in curves.items():
+    cells = [f"{curve[str(e)]['knn_top1']:.3f}" if str(e) in curve else "" for e in epochs]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+out = results / "gpu-accuracy-long-summary"
+out.mkdir(exist_ok=True)
+(out / "results.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+  pack
+}
+
 speed() {
   echo "== gpu-step-profile ($(left)s left)"
   timeout 150 "$PY" benchmarks/step_profile.py --out "$results/gpu-step-profile" $STEP_PROFILE_ARGS
@@ -227,14 +292,17 @@ cuda_tests() {
 }
 
 if [ "$PLAN" = auto ]; then
-  if compgen -G "benchmarks/results/gpu-*-accuracy-*" >/dev/null; then PLAN=table; else PLAN=accuracy; fi
+  if ! compgen -G "benchmarks/results/gpu-*-accuracy-device-*" >/dev/null; then PLAN=accuracy
+  elif ! compgen -G "benchmarks/results/gpu-*-accuracy-long-*" >/dev/null; then PLAN=accuracy-long
+  else PLAN=table; fi
   echo "== PLAN=auto: $PLAN"
 fi
 case "$PLAN" in
   accuracy) accuracy ;;
+  accuracy-long) accuracy_long ;;
   table) table ;;
   speed) speed ;;
-  *) echo "PLAN must be auto, accuracy, table or speed, not $PLAN" >&2; exit 2 ;;
+  *) echo "PLAN must be auto, accuracy, accuracy-long, table or speed, not $PLAN" >&2; exit 2 ;;
 esac
 cuda_tests
 echo "done after $(( $(date +%s) - started ))s"
