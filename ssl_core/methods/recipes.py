@@ -68,11 +68,24 @@ class DistillationConfig:
 
 @dataclass(frozen=True)
 class SimCLRConfig:
-    """SimCLR recipe; defaults are the lightly CIFAR-10 benchmark's."""
+    """SimCLR recipe; defaults are the lightly CIFAR-10 benchmark's but for two things: both views go
+    through the network at once (see ``forward_per_view``), and the head's output has no BatchNorm
+    (the head of lightly's 2023 benchmark ends with one; that of its 2021 benchmark has none at all).
+
+    Attributes:
+        temperature: NT-Xent temperature.
+        projection_hidden_dim, projection_dim: widths of the 2-layer projection head.
+        forward_per_view: pass each view through the backbone and head on its own, so that
+            every BatchNorm normalizes a view with that view's batch statistics, as lightly's
+            CIFAR-10 benchmark and solo-learn do. False (the default) passes both views at once,
+            as the SimCLR paper (whose BatchNorm statistics span both views) and lightly's later
+            ImageNet benchmarks do.
+    """
 
     temperature: float = 0.5
     projection_hidden_dim: int = 512
     projection_dim: int = 128
+    forward_per_view: bool = False
 
     def __post_init__(self) -> None:
         require_positive(self, "temperature", "projection_hidden_dim", "projection_dim")

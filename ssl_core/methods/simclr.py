@@ -25,10 +25,17 @@ class SimCLR(SSLMethod):
         super().__init__(backbone, feature_dim)
         self.projection_head = projection_mlp(feature_dim, config.projection_hidden_dim, config.projection_dim)
         self.criterion = NTXentLoss(config.temperature)
+        self.forward_per_view = config.forward_per_view
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         x0, x1 = views
-        # One forward over both views: BatchNorm sees the same statistics for each.
-        h = self.backbone(torch.cat([x0, x1])).flatten(1)  # (2B, f)
-        z0, z1 = self.projection_head(h).chunk(2)  # (B, p) each
-        return StepOutput(loss=self.criterion(z0, z1), features=h[: x0.shape[0]].detach())
+        if self.forward_per_view:
+            # Each view on its own: every BatchNorm sees one view's statistics at a time.
+            h0, h1 = self.backbone(x0).flatten(1), self.backbone(x1).flatten(1)  # (B, f) each
+            z0, z1 = self.projection_head(h0), self.projection_head(h1)  # (B, p) each
+        else:
+            # One forward over both views: BatchNorm sees the same statistics for each.
+            h = self.backbone(torch.cat([x0, x1])).flatten(1)  # (2B, f)
+            z0, z1 = self.projection_head(h).chunk(2)  # (B, p) each
+            h0 = h[: x0.shape[0]]
+        return StepOutput(loss=self.criterion(z0, z1), features=h0.detach())
