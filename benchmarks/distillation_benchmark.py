@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=8)
     parser.add_argument("--loader", choices=("pil", "device"), default="pil")
     parser.add_argument("--compile", action="store_true", help="torch.compile every backbone")
-    parser.set_defaults(optimizer="auto")  # each method's own, as lightly_benchmark's default
+    parser.set_defaults(optimizer="auto", simclr_forward="joint")  # lightly_benchmark's defaults
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-free-pairs", type=int, default=1024)
     parser.add_argument("--onnx-batch", type=int, default=64)

@@ -80,7 +80,7 @@ from ssl_core.engine import EpochStats, TrainConfig, train
 from ssl_core.knn import knn_evaluate
 from ssl_core.label_free import embed_two_views, label_free_scores, sample_indices, standard_views
 from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
-from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig
+from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig, SimCLRConfig
 from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
 from ssl_core.optimizers import OPTIMIZERS
@@ -320,8 +320,9 @@ def read_epoch_log(path: Path) -> dict[str, dict]:
     return {epoch: entry if isinstance(entry, dict) else {"knn_top1": entry} for epoch, entry in log.items()}
 
 
-def recipe(name: str, spec: DatasetSpec) -> object:
-    """The method's default recipe; DINO's crops as lightly's benchmark of ``spec`` sets them.
+def recipe(name: str, spec: DatasetSpec, simclr_forward: str = "joint") -> object:
+    """The method's default recipe; DINO's crops as lightly's benchmark of ``spec`` sets them, and SimCLR's
+    forward as ``--simclr-forward`` asks.
 
     That is the dataset's blur (none at 32 px) and its number of local crops: none on
     CIFAR-10, where the product's default of 6 trained at 8,050 images/s on an H200
@@ -333,6 +334,8 @@ def recipe(name: str, spec: DatasetSpec) -> object:
         blur = (spec.blur_prob, spec.blur_prob / 5, spec.blur_prob)
         crops = MultiCropConfig(blur_probs=blur, num_local_crops=spec.dino_local_crops)
         return replace(default, multicrop=crops)
+    if isinstance(default, SimCLRConfig):
+        return replace(default, forward_per_view=simclr_forward == "per-view")
     return default
 
 
@@ -351,6 +354,9 @@ def run_method(
         fingerprint += f"-teacher-{sha256_file(teacher_path)}"
     if spec.backbone != DATASETS[args.dataset].backbone:  # --backbone, or a model of distillation_benchmark.py
         fingerprint += f"-{spec.backbone}"
+    method_recipe = recipe(name, spec, args.simclr_forward)
+    if getattr(method_recipe, "forward_per_view", False):
+        fingerprint += "-per-view"
     method_dir = args.work_dir / "runs" / name
     # From here to the saved model, over every call that trains this method: the wall time of a claim
     # such as "200 epochs in 5 minutes", compilation, evaluations and checkpoints included.
@@ -360,7 +366,7 @@ def run_method(
     backbone = benchmark_backbone(spec.backbone, spec.image_size)
     train_set = ManifestDataset(root, [spec.train_split])
     teacher = load_teacher_file(teacher_path) if teacher_path is not None else None
-    method = build_method(name, backbone, recipe(name, spec), teacher=teacher, num_images=len(train_set))
+    method = build_method(name, backbone, method_recipe, teacher=teacher, num_images=len(train_set))
     view = method.view_config(spec.image_size, blur_prob=spec.blur_prob)
     if data.on_device is not None:
         train_set = data.on_device.train
@@ -455,7 +461,8 @@ def markdown(results: list[MethodResult], header: dict) -> str:
         "",
         f"Train images: {header['train_images']}, test images: {header['test_images']}, "
         f"backbone {header['backbone']}, batch {header['batch_size']}, {header['epochs']} epoch(s), "
-        f"{header['precision']}.",
+        f"{header['precision']}"
+        + (", SimCLR forwards each view on its own." if header.get("simclr_forward") == "per-view" else "."),
         "",
         "| method | epochs | lr | kNN top-1 final | kNN top-1 best (epoch) | random init | RankMe final "
         "| train time (no eval) | images/s | eval time | wall time | peak GPU mem | peak host mem |",
@@ -539,6 +546,13 @@ def main(argv: list[str] | None = None) -> None:
         help=f"default: the dataset's (cifar10: resnet18_cifar); {LIGHTLY_CIFAR10_BACKBONE}: the ResNet-18 of "
         "lightly's CIFAR-10 benchmark, built by the lightly package (no ReLU after the stem, PyTorch's default init)",
     )
+    parser.add_argument(
+        "--simclr-forward",
+        choices=("joint", "per-view"),
+        default="joint",
+        help="SimCLR's forward: joint, both views at once (the product's default); per-view, each view on its own, "
+        "so BatchNorm normalizes each with its own batch statistics (lightly's CIFAR-10 benchmark)",
+    )
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--device", default="auto")
@@ -575,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.backbone is not None:
         spec = replace(spec, backbone=args.backbone)
     check_backbone(spec.backbone, methods, parser)
+    if args.simclr_forward != "joint" and "simclr" not in methods:
+        parser.error(f"--simclr-forward {args.simclr_forward} needs simclr among --methods ({','.join(methods)})")
     set_up = time.perf_counter()
     root = prepare(spec, args.datasets, args.work_dir, args.train_per_class, args.test_per_class)
     device = resolve_device(args.device)
@@ -586,6 +602,7 @@ def main(argv: list[str] | None = None) -> None:
         "epochs": args.epochs,
         "precision": args.precision,
         "loader": args.loader,
+        "simclr_forward": args.simclr_forward,
         "train_images": len(ManifestDataset(root, [spec.train_split])),
         "test_images": len(ManifestDataset(root, [spec.test_split])),
         "label_free_pairs": min(args.label_free_pairs, len(ManifestDataset(root, [spec.train_split]))),
@@ -677,6 +694,7 @@ def previous_results(out: Path, setup: dict, parser: argparse.ArgumentParser) ->
         return {}, {}
     report = json.loads(path.read_text())
     report["header"].setdefault("loader", "pil")  # results from before --loader
+    report["header"].setdefault("simclr_forward", "joint")  # and from before --simclr-forward
     differs = {
         key: (report["header"].get(key), value) for key, value in setup.items() if report["header"].get(key) != value
     }

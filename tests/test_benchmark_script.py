@@ -248,6 +248,24 @@ def test_optimizer_is_the_methods_own_unless_named(method: str, option: str, opt
     assert config.lr == pytest.approx(0.24)  # the lightly recipe's lr either way
 
 
+def test_simclrs_per_view_forward_trains_as_a_setup_of_its_own(tmp_path: Path, datasets_dir: Path) -> None:
+    """``--simclr-forward per-view``, lightly's forward: a table and a checkpoint of its own."""
+    simclr = ("--methods", "simclr", "--epochs", "1")
+    run_benchmark(tmp_path, datasets_dir, *simclr, "--simclr-forward", "per-view")
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["header"]["simclr_forward"] == "per-view"
+    assert "SimCLR forwards each view on its own" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(SystemExit):  # the joint forward's numbers would mix with these in one table
+        run_benchmark(tmp_path, datasets_dir, *simclr)
+    # In the same work folder, the joint forward trains afresh rather than resume the per-view checkpoint
+    # (a finished run resumed trains nothing and measures no memory).
+    run_benchmark(tmp_path, datasets_dir, *simclr, "--out", str(tmp_path / "joint"))
+    [joint] = json.loads((tmp_path / "joint" / "results.json").read_text())["results"]
+    assert joint["peak_host_memory_gb"] is not None
+    with pytest.raises(SystemExit):  # nothing to apply it to
+        run_benchmark(tmp_path, datasets_dir, "--methods", "byol", "--simclr-forward", "per-view")
+
+
 def test_lightlys_own_resnet18_trains_as_a_setup_of_its_own(tmp_path: Path, datasets_dir: Path) -> None:
     """``--backbone lightly_resnet18_cifar``: lightly's benchmark network, which differs from ours where documented."""
     try:
