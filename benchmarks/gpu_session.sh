@@ -20,12 +20,13 @@
 #   2021-2022: bench_knn-cifar10-200epochs.png; lr 0.06, no BN in the head, final 0.83) passes ours only later:
 #   about 0.60 at epoch 15 as ours, 0.71 at epoch 50 against our 0.673, 0.755 at 100 against 0.711. So this plan
 #   trains the first epochs of the same 200-epoch schedule (ACCURACY_LONG_S seconds each, about 40 epochs on an
-#   H200, eager), three ways, each changing one thing
+#   H200, eager), each run changing one thing that both lightly runs (2021 and 2023) share and ours does not,
 #   against the committed 200-epoch SimCLR run (gpu-*-cifar10-200epoch-compile-simclr), whose curve is the baseline:
 #   1. lightly's ResNet-18 (--backbone lightly_resnet18_cifar);
 #   2. a second dose of JPEG loss: the archive re-encoded at quality 50 (benchmarks/reencode_jpeg.py; 6.9/255 more
 #      error, about what the first encoding added to CIFAR-10's pixels): if it costs nothing, neither did the first;
-#   3. fp32 instead of bf16 autocast, with the time left.
+#   3. each view through the network on its own, BatchNorm statistics per view (--simclr-forward per-view);
+#   4. fp32 instead of bf16 autocast, if time is left (not on an H200 at the default ACCURACY_LONG_S).
 #   gpu-accuracy-long-summary/results.md sets the curves side by side at every 5th epoch.
 #
 # PLAN=table: the lightly table, one method per session.
@@ -193,6 +194,7 @@ accuracy_long() {
   else
     echo "== re-encoding failed: run 2 skipped"; cat /tmp/gpu-session-reencode.log
   fi
+  bench "$prefix-per-view" "$ACCURACY_LONG_S" --loader device --methods simclr --epochs 200 --simclr-forward per-view
   if [ "$(left)" -gt 85 ]; then  # a start-up of 30 s, and 25 s for the summary and the packing
     bench "$prefix-fp32" $(( $(left) - 25 )) --loader device --methods simclr --epochs 200 --precision fp32
   else
@@ -205,7 +207,7 @@ from pathlib import Path
 
 results, committed = Path(sys.argv[1]), Path(sys.argv[2])
 runs = {}
-for variant in ("lightly-backbone", "jpeg-q50", "fp32"):  # in the order they ran
+for variant in ("lightly-backbone", "jpeg-q50", "per-view", "fp32"):  # in the order they ran
     path = results / f"gpu-cifar10-accuracy-long-200epoch-{variant}" / "simclr-knn_per_epoch.json"
     if path.exists():
         runs[variant] = json.loads(path.read_text())
