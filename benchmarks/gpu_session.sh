@@ -84,6 +84,9 @@ unpack_wheels() {  # the wheels carried in $DATASETS/wheels (pytest; lightly for
   for wheel in "$DATASETS"/wheels/*.whl; do "$PY" -m zipfile -e "$wheel" "$PYLIB"; done
   touch "$PYLIB/.unpacked"
 }
+have_lightly() {  # the lightly package importable from the carried wheels (unpacked into $PYLIB)
+  unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null
+}
 pack() { tar -czf "$OUT/results.tar.gz" -C "$results" . ; }
 bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $results/NAME
   local name=$1 limit=$2
@@ -143,7 +146,7 @@ accuracy() {
   # 1. The device path as the table trains (eager: compiling costs more than it saves here).
   bench "gpu-cifar10-accuracy-device-bf16-${epochs}epoch" 150 --loader device --methods simclr --epochs "$epochs"
   local lightly_path=""
-  if unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null; then
+  if have_lightly; then
     lightly_path="$PYLIB:$PYTHONPATH"
   else
     echo "== no lightly: runs 2 and 4 skipped (carry its wheels in $DATASETS/wheels, benchmarks/README.md)"
@@ -179,7 +182,7 @@ accuracy() {
 
 accuracy_long() {
   local prefix=gpu-cifar10-accuracy-long-200epoch
-  if unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null; then
+  if have_lightly; then
     PYTHONPATH="$PYLIB:$PYTHONPATH" bench "$prefix-lightly-backbone" "$ACCURACY_LONG_S" \
       --loader device --methods simclr --epochs 200 --backbone lightly_resnet18_cifar
   else

@@ -355,7 +355,7 @@ def run_method(
     if spec.backbone != DATASETS[args.dataset].backbone:  # --backbone, or a model of distillation_benchmark.py
         fingerprint += f"-{spec.backbone}"
     method_recipe = recipe(name, spec, args.simclr_forward)
-    if getattr(method_recipe, "forward_per_view", False):
+    if isinstance(method_recipe, SimCLRConfig) and method_recipe.forward_per_view:
         fingerprint += "-per-view"
     method_dir = args.work_dir / "runs" / name
     # From here to the saved model, over every call that trains this method: the wall time of a claim
