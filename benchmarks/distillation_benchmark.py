@@ -3,6 +3,9 @@
     # Full scale on a GPU: a CIFAR ResNet-50 SimCLR teacher (200 epochs), two students (100 epochs):
     python benchmarks/distillation_benchmark.py --loader device --teacher-epochs 200 --student-epochs 100 \
         --out benchmarks/results/gpu-distillation
+    # The same in one 10-minute call: each model gets the epochs that fit in its time budget:
+    python benchmarks/distillation_benchmark.py --loader device --teacher-seconds 200 --student-seconds 50 \
+        --out benchmarks/results/gpu-distillation
     # Small scale on a CPU (a class-balanced subset, a few epochs):
     python benchmarks/distillation_benchmark.py --train-per-class 200 --test-per-class 100 --batch-size 64 \
         --teacher-epochs 4 --student-epochs 7 --num-workers 1 --label-free-pairs 256 \
@@ -22,6 +25,11 @@ whole test split after every epoch, as in :mod:`benchmarks.lightly_benchmark`):
    reported, so the match can be checked. The teacher's training is not counted:
    distillation's promise is to reuse a teacher that exists (DINOv2 in LightlyTrain).
 
+``--teacher-seconds`` and ``--student-seconds`` replace the epoch counts with time
+budgets, for machines that lend a GPU for minutes per call: a probe epoch measures what
+one epoch of that model costs (its training and its kNN evaluation), and the model gets
+as many epochs as fit in the budget, so its cosine schedule still runs to the end.
+
 Every model is then exported to ONNX (:func:`ssl_core.export.export_onnx`) and its
 serving throughput measured with onnxruntime alone: images/s at ``--onnx-batch``
 images per run, for ``--onnx-seconds``, on the execution provider onnxruntime picks
@@ -39,10 +47,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
+import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -92,6 +103,10 @@ class ModelResult:
     onnx_provider: str = ""
     knn_per_epoch: list[float] | None = None
     model_file: str = ""
+    eval_seconds: float = 0.0  # one kNN evaluation (and label-free scores), the mean over the epochs
+    wall_seconds: float = 0.0  # building the model to its saved file, evaluations included
+    budget_seconds: float | None = None  # the time budget its epochs were chosen for, if any
+    probe_epoch_seconds: float | None = None  # one epoch's training and evaluation, as the probe measured it
 
 
 def model_args(args: argparse.Namespace, name: str, epochs: int) -> argparse.Namespace:
@@ -139,7 +154,40 @@ def train_model(
         parameters_millions=sum(p.numel() for p in module.parameters()) / 1e6,
         knn_per_epoch=trained.knn_per_epoch,
         model_file=str(path),
+        eval_seconds=trained.mean_eval_seconds or 0.0,
+        wall_seconds=trained.wall_seconds or 0.0,
     )
+    return result
+
+
+def epochs_within(seconds: float, epoch_seconds: float) -> int:
+    """Whole epochs that fit in ``seconds`` at ``epoch_seconds`` each, at least one.
+
+    Rounded down, unlike :func:`simclr_epochs_for`: a budget is a limit, not a match.
+    """
+    return max(1, math.floor(seconds / max(epoch_seconds, 1e-9)))
+
+
+def train_within_budget(
+    role: str,
+    method: str,
+    backbone: str,
+    epochs: int,
+    budget_seconds: float | None,
+    train: Callable[..., ModelResult],
+) -> ModelResult:
+    """``train(role, method, backbone, epochs)``, or as many epochs as fit in ``budget_seconds``.
+
+    With a budget, a one-epoch probe of the same model (its own folder, so a rerun finds it
+    and picks the same epochs) measures an epoch's training and kNN evaluation. Its first
+    epoch also tunes cuDNN and warms the allocator, so the estimate errs on the short side.
+    """
+    if budget_seconds is None:
+        return train(role, method, backbone, epochs)
+    probe = train(f"{role} probe", method, backbone, 1)
+    epoch_seconds = probe.train_seconds + probe.eval_seconds
+    result = train(role, method, backbone, epochs_within(budget_seconds, epoch_seconds))
+    result.budget_seconds, result.probe_epoch_seconds = budget_seconds, epoch_seconds
     return result
 
 
@@ -166,26 +214,27 @@ def simclr_epochs_for(seconds: float, epoch_seconds: float) -> int:
 def run(args: argparse.Namespace, spec: DatasetSpec, root: Path) -> list[ModelResult]:
     data = evaluation_data(spec, root, args)
     inits: dict[str, Evaluation] = {}
-    teacher = train_model(
-        "teacher", args.teacher_method, args.teacher, args.teacher_epochs, spec, root, args, data, inits
+
+    def train(role: str, method: str, backbone: str, epochs: int, teacher: Path | None = None) -> ModelResult:
+        return train_model(role, method, backbone, epochs, spec, root, args, data, inits, teacher=teacher)
+
+    teacher = train_within_budget(
+        "teacher", args.teacher_method, args.teacher, args.teacher_epochs, args.teacher_seconds, train
     )
     results = [teacher]
+    write_results(args, results)  # a call cut short later still leaves the teacher's figures
     for student in args.students:
-        distilled = train_model(
+        distilled = train_within_budget(
             "distilled",
             "distillation",
             student,
             args.student_epochs,
-            spec,
-            root,
-            args,
-            data,
-            inits,
-            teacher=Path(teacher.model_file),
+            args.student_seconds,
+            functools.partial(train, teacher=Path(teacher.model_file)),
         )
-        probe = train_model("simclr probe", "simclr", student, 1, spec, root, args, data, inits)
+        probe = train("simclr probe", "simclr", student, 1)
         epochs = simclr_epochs_for(distilled.train_seconds, probe.train_seconds)
-        alone = train_model("simclr alone", "simclr", student, epochs, spec, root, args, data, inits)
+        alone = train("simclr alone", "simclr", student, epochs)
         results += [distilled, alone]
         write_results(args, results)
     for result in results:
@@ -209,6 +258,8 @@ def header(args: argparse.Namespace) -> dict:
         "train_per_class": args.train_per_class,
         "test_per_class": args.test_per_class,
         "onnx_batch": args.onnx_batch,
+        "teacher_seconds": args.teacher_seconds,
+        "student_seconds": args.student_seconds,
         "command": "python benchmarks/distillation_benchmark.py " + " ".join(args.argv),
     }
 
@@ -230,19 +281,30 @@ def markdown(head: dict, results: list[ModelResult]) -> str:
         "",
         f"Batch {head['batch_size']}, {head['precision']}, {head['loader']} loader, {head['image_size']} px. "
         "kNN top-1 (k=200, t=0.1) on the test split; train time excludes the per-epoch evaluations; "
-        f"ONNX throughput with onnxruntime alone at {head['onnx_batch']} images per run.",
+        f"ONNX throughput with onnxruntime alone at {head['onnx_batch']} images per run; "
+        "wall time from building the model to its saved file, every evaluation included.",
         "",
-        "| model | backbone | method | epochs | params | train time | kNN top-1 | best (any epoch) "
+        "| model | backbone | method | epochs | params | train time | wall time | kNN top-1 | best (any epoch) "
         "| random init | ONNX images/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         throughput = f"{r.onnx_images_per_second:,.0f} ({r.onnx_provider})" if r.onnx_images_per_second else "n/a"
+        epochs = f"{r.epochs}" if r.budget_seconds is None else f"{r.epochs} (fit in {r.budget_seconds:g} s)"
         lines.append(
-            f"| {r.role} | {r.backbone} | {r.method} | {r.epochs} | {r.parameters_millions:.1f} M "
-            f"| {r.train_seconds:.0f} s | {r.knn_top1:.4f} | {r.best_knn_top1:.4f} | {r.random_init_knn_top1:.4f} "
-            f"| {throughput} |"
+            f"| {r.role} | {r.backbone} | {r.method} | {epochs} | {r.parameters_millions:.1f} M "
+            f"| {r.train_seconds:.0f} s | {r.wall_seconds:.0f} s | {r.knn_top1:.4f} | {r.best_knn_top1:.4f} "
+            f"| {r.random_init_knn_top1:.4f} | {throughput} |"
         )
+    budgeted = [r for r in results if r.budget_seconds is not None]
+    if budgeted:
+        lines += [
+            "",
+            "Epochs from a time budget: a one-epoch probe of the same model measured an epoch's training and "
+            "evaluation ("
+            + ", ".join(f"{r.role} {r.backbone}: {r.probe_epoch_seconds:.1f} s" for r in budgeted)
+            + "), and the model got the whole epochs that fit.",
+        ]
     teacher = next((r for r in results if r.role == "teacher"), None)
     for distilled in (r for r in results if r.role == "distilled"):
         alone = next((r for r in results if r.role == "simclr alone" and r.backbone == distilled.backbone), None)
@@ -259,16 +321,40 @@ def markdown(head: dict, results: list[ModelResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
     parser.add_argument("--teacher", default="resnet50_cifar", help="the teacher's backbone")
     parser.add_argument("--teacher-method", choices=TEACHER_METHODS, default="simclr")
-    parser.add_argument("--teacher-epochs", type=int, default=200)
+    teacher_length = parser.add_mutually_exclusive_group()
+    teacher_length.add_argument("--teacher-epochs", type=positive_int, default=200)
+    teacher_length.add_argument(
+        "--teacher-seconds", type=positive_float, help="instead of --teacher-epochs: the epochs that fit in this time"
+    )
     parser.add_argument(
         "--students", default="resnet18_cifar,mobilenet_v3_small", help="comma-separated student backbones"
     )
-    parser.add_argument("--student-epochs", type=int, default=100)
+    student_length = parser.add_mutually_exclusive_group()
+    student_length.add_argument("--student-epochs", type=positive_int, default=100)
+    student_length.add_argument(
+        "--student-seconds",
+        type=positive_float,
+        help="instead of --student-epochs: each distilled student gets the epochs that fit in this time",
+    )
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=None, help="peak lr for every model (default: the lightly recipe)")
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")

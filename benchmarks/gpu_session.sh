@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (10 minutes at most), in one of four plans. The default, PLAN=auto, is the first
-# of PLAN=accuracy, PLAN=accuracy-long and PLAN=table whose result is not committed yet (benchmarks/results/
-# gpu-*-accuracy-device-*, gpu-*-accuracy-long-*; the table goes on one method per session).
+# One call on a lent GPU machine (10 minutes at most), in one of five plans. The default, PLAN=auto, is the first
+# of PLAN=accuracy, PLAN=accuracy-long, PLAN=distillation and PLAN=table whose result is not committed yet
+# (benchmarks/results/gpu-*-accuracy-device-*, gpu-*-accuracy-long-*, gpu-*-cifar10-distillation; the table goes on
+# one method per session).
 #
 # PLAN=accuracy: why SimCLR ends under lightly's kNN after 200 epochs (0.777 against 0.848 on one H200,
 #   commit 5346cb7): the same short recipe (ACCURACY_EPOCHS, 15) trained five ways in one call, each changing
@@ -29,6 +30,14 @@
 #   4. fp32 instead of bf16 autocast, if time is left (not on an H200 at the default ACCURACY_LONG_S).
 #   gpu-accuracy-long-summary/results.md sets the curves side by side at every 5th epoch.
 #
+# PLAN=distillation: distillation as LightlyTrain sells it, at full scale (all of CIFAR-10) in one call. A CIFAR
+#   ResNet-50 SimCLR teacher for DISTILL_TEACHER_S seconds, then each student (the CIFAR ResNet-18, MobileNetV3-Small)
+#   distilled for DISTILL_STUDENT_S seconds and raced against SimCLR alone for the same training time; every model's
+#   ONNX throughput. Each model gets the whole epochs of its schedule that fit in its budget, measured by a one-epoch
+#   probe (distillation_benchmark.py --teacher-seconds/--student-seconds): the 200-epoch teacher of the README's command
+#   would take about 20 minutes on an H200 if a CIFAR ResNet-50 step costs there what it does on a CPU (2.85x the
+#   ResNet-18's), more than a whole 15-minute session.
+#
 # PLAN=table: the lightly table, one method per session.
 #   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (40 s at most);
 #   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch-compile-<method>,
@@ -37,7 +46,7 @@
 #   A method that needs more than one call (BYOL or MoCo may, on an H100) resumes from its checkpoints in
 #   /tmp/gpu-session-work when the same command runs again on the still-warm machine (SKIP_PROFILE=1).
 #   Distillation is not in the order: its teacher is the best method trained in the same work dir, which
-#   a fresh machine does not have.
+#   a fresh machine does not have (PLAN=distillation trains its own teacher).
 #
 # PLAN=speed: where the time goes, after a change to the engine.
 #   1. the machine;
@@ -47,7 +56,7 @@
 #   4. SimCLR with torch.compile for 2 epochs: what compiling gives;
 #   5. SimCLR for as many epochs as the time left allows, kNN after every epoch, compiled if 4 showed it pays.
 #
-# Either plan ends with the GPU-only tests (pytest -m cuda) if 40 s are left: pytest comes from the wheels
+# Every plan ends with the GPU-only tests (pytest -m cuda) if 40 s are left: pytest comes from the wheels
 # in $DATASETS/wheels on a bare machine (benchmarks/README.md).
 #
 # Each stage has its own timeout, so a slow or failing stage leaves the later ones their time, and
@@ -67,6 +76,9 @@ ACCURACY_LONG_S=${ACCURACY_LONG_S:-165}  # each run of PLAN=accuracy-long but th
 # The side by side's CIFAR-10 subset: all of it by default. Its arguments come last, so a smoke run may override
 # any of them: e.g. "--train-per-class 20 --test-per-class 10 --batch-size 32 --device cpu".
 SIDE_BY_SIDE_ARGS=${SIDE_BY_SIDE_ARGS:---train-per-class 5000 --test-per-class 1000}
+DISTILL_TEACHER_S=${DISTILL_TEACHER_S:-210}  # the teacher's time budget, evaluations included, seconds
+DISTILL_STUDENT_S=${DISTILL_STUDENT_S:-50}   # each distilled student's, seconds; SimCLR alone matches its training time
+DISTILL_ARGS=${DISTILL_ARGS:-}  # e.g. "--train-per-class 20 --test-per-class 10 --device cpu --teacher resnet18_cifar"
 TABLE_EPOCHS=${TABLE_EPOCHS:-200}
 TABLE_ORDER=${TABLE_ORDER:-simclr barlowtwins simsiam byol moco dino vicreg}  # cheapest first (2-epoch H200 rates); vicreg has no lightly row
 export PYTHONUNBUFFERED=1
@@ -233,6 +245,25 @@ PY
   pack
 }
 
+distillation() {
+  local name=gpu-cifar10-distillation work=/tmp/gpu-session-work/gpu-cifar10-distillation
+  local limit=$(( $(left) - 45 ))  # 40 s for the cuda tests after it
+  echo "== $name (timeout ${limit}s, $(left)s left)"
+  mkdir -p "$work/cifar10" /tmp/gpu-session-data
+  ln -sfn /tmp/gpu-session-data "$work/cifar10/data"
+  # shellcheck disable=SC2086
+  timeout "$limit" "$PY" benchmarks/distillation_benchmark.py --dataset cifar10 --datasets "$DATASETS" \
+    --loader device --num-workers "$WORKERS" --teacher-seconds "$DISTILL_TEACHER_S" \
+    --student-seconds "$DISTILL_STUDENT_S" --onnx-seconds 3 --work-dir "$work" --out "$results/$name" $DISTILL_ARGS
+  echo "== $name exit $? after $(( $(date +%s) - started ))s"
+  # Every model's per-epoch log (the probes' too): they hold the epochs trained before a timeout cut the run short.
+  mkdir -p "$results/$name"
+  for log in "$work"/cifar10/*/runs/*/knn_per_epoch.json; do
+    [ -e "$log" ] && cp "$log" "$results/$name/$(basename "$(dirname "$(dirname "$(dirname "$log")")")")-knn_per_epoch.json"
+  done
+  pack
+}
+
 speed() {
   echo "== gpu-step-profile ($(left)s left)"
   timeout 150 "$PY" benchmarks/step_profile.py --out "$results/gpu-step-profile" $STEP_PROFILE_ARGS
@@ -303,15 +334,17 @@ cuda_tests() {
 if [ "$PLAN" = auto ]; then
   if ! compgen -G "benchmarks/results/gpu-*-accuracy-device-*" >/dev/null; then PLAN=accuracy
   elif ! compgen -G "benchmarks/results/gpu-*-accuracy-long-*" >/dev/null; then PLAN=accuracy-long
+  elif ! compgen -G "benchmarks/results/gpu-*-cifar10-distillation" >/dev/null; then PLAN=distillation
   else PLAN=table; fi
   echo "== PLAN=auto: $PLAN"
 fi
 case "$PLAN" in
   accuracy) accuracy ;;
   accuracy-long) accuracy_long ;;
+  distillation) distillation ;;
   table) table ;;
   speed) speed ;;
-  *) echo "PLAN must be auto, accuracy, accuracy-long, table or speed, not $PLAN" >&2; exit 2 ;;
+  *) echo "PLAN must be auto, accuracy, accuracy-long, distillation, table or speed, not $PLAN" >&2; exit 2 ;;
 esac
 cuda_tests
 echo "done after $(( $(date +%s) - started ))s"

@@ -8,18 +8,53 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.distillation_benchmark import main, simclr_epochs_for
+from benchmarks.distillation_benchmark import epochs_within, main, simclr_epochs_for
 from benchmarks.lightly_benchmark import DATASETS
 from tests.datasets import cut_cifar10
 
 TRAIN_PER_CLASS = 4  # 40 images: 2 steps of 16
 TEST_PER_CLASS = 2
+TEACHER_SECONDS = 12.0  # a few epochs of 2 steps on the CPU
 
 
 def test_simclr_gets_the_epochs_that_fit_in_the_distilled_students_time() -> None:
     assert simclr_epochs_for(seconds=100.0, epoch_seconds=30.0) == 3
     assert simclr_epochs_for(seconds=100.0, epoch_seconds=40.0) == 2  # 2.5 rounds to even
     assert simclr_epochs_for(seconds=10.0, epoch_seconds=30.0) == 1  # never zero
+
+
+def test_a_time_budget_gets_the_whole_epochs_that_fit_in_it() -> None:
+    assert epochs_within(seconds=100.0, epoch_seconds=30.0) == 3
+    assert epochs_within(seconds=100.0, epoch_seconds=26.0) == 3  # 3.8: a budget is not exceeded
+    assert epochs_within(seconds=10.0, epoch_seconds=30.0) == 1  # never zero
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--teacher-epochs", "3", "--teacher-seconds", "60"], "not allowed with argument"),
+        (["--student-epochs", "3", "--student-seconds", "60"], "not allowed with argument"),
+        (["--teacher-seconds", "0"], "--teacher-seconds: must be more than 0, got 0"),
+        (["--student-epochs", "0"], "--student-epochs: must be at least 1, got 0"),
+    ],
+)
+def test_bad_lengths_fail_before_any_work(
+    arguments: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(
+            [
+                *arguments,
+                "--datasets",
+                str(tmp_path / "none"),
+                "--work-dir",
+                str(tmp_path / "work"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.mark.slow
@@ -29,10 +64,11 @@ def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(
     cut_cifar10(datasets / spec.archive, TRAIN_PER_CLASS, TEST_PER_CLASS, top=spec.top)
     out = tmp_path / "out"
     # A small teacher and student keep the test short; the defaults are a ResNet-50 and two students.
+    # The teacher trains for a time budget, the students for a number of epochs.
     # fmt: off
     main([
         "--teacher", "resnet18_cifar", "--students", "mobilenet_v3_small",
-        "--teacher-epochs", "1", "--student-epochs", "1", "--batch-size", "16", "--num-workers", "0",
+        "--teacher-seconds", str(TEACHER_SECONDS), "--student-epochs", "1", "--batch-size", "16", "--num-workers", "0",
         "--label-free-pairs", "8", "--onnx-batch", "4", "--onnx-seconds", "0.2", "--device", "cpu",
         "--datasets", str(datasets), "--work-dir", str(tmp_path / "work"), "--out", str(out),
     ])
@@ -41,9 +77,14 @@ def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(
     by_role = {r["role"]: r for r in report["results"]}
     assert list(by_role) == ["teacher", "distilled", "simclr alone"]
     teacher, distilled, alone = by_role["teacher"], by_role["distilled"], by_role["simclr alone"]
-    assert (teacher["backbone"], teacher["method"], teacher["epochs"]) == ("resnet18_cifar", "simclr", 1)
+    assert (teacher["backbone"], teacher["method"]) == ("resnet18_cifar", "simclr")
+    # The teacher got the whole epochs that its one-epoch probe says fit in the budget, and ran that long.
+    assert teacher["budget_seconds"] == TEACHER_SECONDS and teacher["probe_epoch_seconds"] > 0
+    assert teacher["epochs"] == epochs_within(TEACHER_SECONDS, teacher["probe_epoch_seconds"]) >= 2
+    assert teacher["wall_seconds"] >= teacher["train_seconds"] + teacher["epochs"] * teacher["eval_seconds"] > 0
+    assert (tmp_path / "work" / "cifar10" / "teacher-probe-resnet18_cifar" / "runs" / "simclr" / "model.pt").is_file()
     assert (distilled["backbone"], distilled["method"]) == ("mobilenet_v3_small", "distillation")
-    assert distilled["epochs"] == 1
+    assert distilled["epochs"] == 1 and distilled["budget_seconds"] is None
     assert (alone["backbone"], alone["method"]) == ("mobilenet_v3_small", "simclr")
     assert alone["epochs"] >= 1
     # The student is a fraction of the teacher, and every model was scored and served.
@@ -56,3 +97,4 @@ def test_teacher_students_and_time_matched_simclr_are_trained_scored_and_served(
         assert Path(result["model_file"]).is_file()
     page = (out / "results.md").read_text()
     assert "**mobilenet_v3_small**: distilled" in page and "against SimCLR alone" in page
+    assert f"(fit in {TEACHER_SECONDS:g} s)" in page and "teacher resnet18_cifar: " in page
