@@ -33,7 +33,7 @@
 # PLAN=distillation: distillation as LightlyTrain sells it, at full scale (all of CIFAR-10) in one call. A CIFAR
 #   ResNet-50 SimCLR teacher for DISTILL_TEACHER_S seconds, then each student (the CIFAR ResNet-18, MobileNetV3-Small)
 #   distilled for DISTILL_STUDENT_S seconds and raced against SimCLR alone for the same training time; every model's
-#   ONNX throughput. Each model gets the whole epochs of its schedule that fit in its budget, measured by a one-epoch
+#   ONNX throughput. Each model gets the whole epochs of its schedule that fit in its budget, measured by a two-epoch
 #   probe (distillation_benchmark.py --teacher-seconds/--student-seconds): the 200-epoch teacher of the README's command
 #   would take about 20 minutes on an H200 if a CIFAR ResNet-50 step costs there what it does on a CPU (2.85x the
 #   ResNet-18's), more than a whole 15-minute session.
@@ -76,8 +76,8 @@ ACCURACY_LONG_S=${ACCURACY_LONG_S:-165}  # each run of PLAN=accuracy-long but th
 # The side by side's CIFAR-10 subset: all of it by default. Its arguments come last, so a smoke run may override
 # any of them: e.g. "--train-per-class 20 --test-per-class 10 --batch-size 32 --device cpu".
 SIDE_BY_SIDE_ARGS=${SIDE_BY_SIDE_ARGS:---train-per-class 5000 --test-per-class 1000}
-DISTILL_TEACHER_S=${DISTILL_TEACHER_S:-210}  # the teacher's time budget, evaluations included, seconds
-DISTILL_STUDENT_S=${DISTILL_STUDENT_S:-50}   # each distilled student's, seconds; SimCLR alone matches its training time
+DISTILL_TEACHER_S=${DISTILL_TEACHER_S:-180}  # the teacher's time budget, evaluations included, seconds
+DISTILL_STUDENT_S=${DISTILL_STUDENT_S:-45}   # each distilled student's, seconds; SimCLR alone matches its training time
 DISTILL_ARGS=${DISTILL_ARGS:-}  # e.g. "--train-per-class 20 --test-per-class 10 --device cpu --teacher resnet18_cifar"
 TABLE_EPOCHS=${TABLE_EPOCHS:-200}
 TABLE_ORDER=${TABLE_ORDER:-simclr barlowtwins simsiam byol moco dino vicreg}  # cheapest first (2-epoch H200 rates); vicreg has no lightly row
