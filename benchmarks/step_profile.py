@@ -12,6 +12,8 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
 - the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it;
 - the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`;
 - one BYOL step (its momentum target's forward and EMA update included), with cuDNN autotuning;
+  and, to split it, the target's two forwards alone and a SimCLR step that, like BYOL's online
+  network, forwards each view on its own (``SimCLRConfig.forward_per_view``);
 - BYOL's EMA target update (ResNet-18 and projection head) one tensor at a time against
   :func:`ssl_core.momentum.ema_update`'s multi-tensor kernels;
 - two costs outside the steps: the engine's checkpoint of SimCLR (model and optimizer state,
@@ -42,6 +44,7 @@ from ssl_core.engine import TrainConfig, TrainHistory, save_checkpoint
 from ssl_core.label_free import rankme
 from ssl_core.methods.base import SSLMethod
 from ssl_core.methods.factory import build_method
+from ssl_core.methods.recipes import SimCLRConfig
 from ssl_core.momentum import ema_update
 from ssl_core.optimizers import build_optimizer
 from ssl_core.precision import autocast, cudnn_autotuning, resolve_device
@@ -102,6 +105,8 @@ def rows(batch_size: int, bank_size: int = 50_000) -> list[tuple[str, str, int |
         ("ema_foreach_ms", "the same in multi-tensor kernels (ema_update)", None),
         ("checkpoint_ms", "SimCLR's checkpoint (model and optimizer state) to a local file", None),
         ("rankme_ms", f"RankMe of a {bank_size:,} x 512 kNN bank, once an epoch", None),
+        ("byol_target_forward_ms", f"BYOL's target network alone: both views forward, no gradient, {b} images", b),
+        ("simclr_per_view_step_ms", f"SimCLR step, each view through the network on its own, {b} images", b),
         ("compiled_augment_ms", "2 SimCLR views, rendering compiled", b),
         ("compiled_augment_cuda_graphs_ms", "2 SimCLR views, rendering compiled with CUDA graphs", b),
         ("compiled_step_ms", f"compiled step, {b} images", b),
@@ -219,6 +224,21 @@ def main(argv: list[str] | None = None) -> None:
     profile.record("checkpoint_ms", checkpoint_seconds(method, sgd, device))
     bank = torch.nn.functional.normalize(torch.randn(args.bank_size, 512, device=device), dim=1)
     profile.record("rankme_ms", seconds_per_call(lambda: rankme(bank), device, calls=3, warmup=1))
+    # Where BYOL's step goes beyond SimCLR's: its target's forwards, and one forward per view (BYOL's online
+    # network runs each view alone, SimCLR's default both at once).
+    with cudnn_autotuning(device):
+        x0, x1 = (v.contiguous(memory_format=torch.channels_last) for v in views_of(batch, generator))
+
+        def target_forwards() -> None:
+            with autocast(device, "bf16-mixed"):
+                byol.embed_target(x0), byol.embed_target(x1)
+
+        profile.record("byol_target_forward_ms", seconds_per_call(target_forwards, device, args.calls))
+        per_view = build_method("simclr", build_backbone("resnet18_cifar", 32), SimCLRConfig(forward_per_view=True))
+        per_view.to(device, memory_format=torch.channels_last)
+        per_view_sgd = optimizer_of("sgd", per_view.parameters())
+        per_view_step = step_on(views_of(batch, generator), per_view_sgd, per_view)
+        profile.record("simclr_per_view_step_ms", seconds_per_call(per_view_step, device, args.calls))
     if args.compile:
         # Each compiled measurement on its own: one that fails on this machine records its error, not the others'.
         def compiled_augment(mode: str | None) -> Callable[[], float]:

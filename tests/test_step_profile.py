@@ -25,6 +25,8 @@ def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
         "ema_foreach_ms",
         "checkpoint_ms",
         "rankme_ms",
+        "byol_target_forward_ms",
+        "simclr_per_view_step_ms",
     ):
         assert results[key] > 0, key
     assert 0 < results["augment_share"] < 1
@@ -33,6 +35,8 @@ def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
     assert "| the same in multi-tensor kernels (ema_update) |" in table
     assert "| SimCLR's checkpoint (model and optimizer state) to a local file |" in table
     assert "| RankMe of a 1,000 x 512 kNN bank, once an epoch |" in table
+    assert "| BYOL's target network alone: both views forward, no gradient, 8 images |" in table
+    assert "| SimCLR step, each view through the network on its own, 8 images |" in table
 
 
 def test_a_profile_cut_short_keeps_the_figures_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
