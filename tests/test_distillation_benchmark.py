@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.distillation_benchmark import epochs_within, main, simclr_epochs_for
+from benchmarks import distillation_benchmark
+from benchmarks.distillation_benchmark import ModelResult, epochs_within, main, markdown, simclr_epochs_for
 from benchmarks.lightly_benchmark import DATASETS
 from tests.datasets import cut_cifar10
 
@@ -55,6 +56,44 @@ def test_bad_lengths_fail_before_any_work(
         )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def model(role: str, backbone: str, knn: float) -> ModelResult:
+    return ModelResult(role, backbone, "simclr", 2, 10.0, knn, knn, 0.1, 1.0, model_file=f"/models/{role}.pt")
+
+
+def test_a_model_that_fails_to_export_records_why_and_the_others_are_still_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def onnx_throughput(path: Path, batch: int, seconds: float) -> tuple[float, str]:
+        if path.stem == "teacher":
+            raise RuntimeError("onnxscript is missing")
+        return 500.0, "CPUExecutionProvider"
+
+    monkeypatch.setattr(distillation_benchmark, "onnx_throughput", onnx_throughput)
+    results = [model("teacher", "resnet50_cifar", 0.6), model("distilled", "resnet18_cifar", 0.5)]
+    results.append(model("simclr alone", "resnet18_cifar", 0.4))
+    distillation_benchmark.measure_serving(results, batch=4, seconds=0.1)
+    teacher, distilled, alone = results
+    assert teacher.onnx_images_per_second == 0 and "onnxscript is missing" in teacher.onnx_error
+    assert distilled.onnx_images_per_second == alone.onnx_images_per_second == 500 and not distilled.onnx_error
+    page = markdown(
+        {
+            "dataset": "cifar10",
+            "device": "cpu",
+            "torch": "2",
+            "command": "c",
+            "batch_size": 8,
+            "precision": "fp32",
+            "loader": "pil",
+            "image_size": 32,
+            "onnx_batch": 4,
+        },
+        results,
+    )
+    assert "| failed: RuntimeError('onnxscript is missing') |" in page
+    # Without the teacher's throughput the summary compares accuracy only: no ratio against a zero.
+    assert "+0.1000 against SimCLR alone in 10 s, -0.1000 against its teacher.\n" in page and "serves" not in page
 
 
 @pytest.mark.slow
