@@ -33,9 +33,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from prefect.types.entrypoint import EntrypointType
 
-from flows.schedule import build_schedule, require_prefect_server
+from flows.schedule import build_schedule, require_prefect_server, serve_flow
 from tasks.cli import add_schedule_arguments
 from tasks.embed import EmbeddingModel, EmbedReport, embed_dataset, resolve_model
 from tasks.embed.job import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, check_output
@@ -212,9 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "Keep this process running; Ctrl-C stops it and pauses the schedule.",
             flush=True,
         )
-        embed_folder.serve(
-            name=name, schedule=schedule, parameters=parameters, entrypoint_type=EntrypointType.MODULE_PATH
-        )
+        serve_flow(embed_folder, name, schedule, parameters)
     except UserError as error:
         print(f"python -m flows.embed: error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT_STATUS

@@ -19,6 +19,7 @@ start. To run on a work pool instead of this process, see ``prefect.yaml``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import sys
 from pathlib import Path
@@ -27,17 +28,22 @@ from pathlib import Path
 from flows.pipeline import ssl_pipeline
 
 # isort: split
+from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.runner import Runner
 from prefect.schedules import Cron, Interval, Schedule
 from prefect.settings import PREFECT_API_URL
 from prefect.types.entrypoint import EntrypointType
 from pydantic import ValidationError
 
+from flows.interrupt import serve_until_interrupted
 from tasks.errors import UserError
 from tasks.stages import STAGE_NAMES
 
 DEFAULT_TIMEZONE = "UTC"
+# After Ctrl-C the runner pauses the schedule and stops its loops; if that takes longer, the process exits anyway.
+SHUTDOWN_GRACE_SECONDS = 20.0
 
 
 class ScheduleError(UserError):
@@ -127,13 +133,24 @@ def serve_on_schedule(schedule: Schedule, parameters: dict, name: str) -> None:
         "Keep this process running; Ctrl-C stops it and pauses the schedule.",
         flush=True,
     )
-    ssl_pipeline.serve(
+    serve_flow(ssl_pipeline, name, schedule, parameters)
+
+
+def serve_flow(flow: Flow, name: str, schedule: Schedule, parameters: dict) -> None:
+    """``flow.serve(...)``: the schedule paused on exit, and a Ctrl-C that stops the runner through its own stop.
+
+    :mod:`flows.interrupt` says why not ``Flow.serve`` itself.
+    """
+    runner = Runner(name=name, pause_on_shutdown=True)
+    runner.add_flow(
+        flow,
         name=name,
         schedule=schedule,
         parameters=parameters,
         # The flow by module, not by file: the run's subprocess imports it whatever its working directory.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
+    asyncio.run(serve_until_interrupted(runner, SHUTDOWN_GRACE_SECONDS))
 
 
 def schedule_pipeline(
