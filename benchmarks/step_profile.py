@@ -9,7 +9,9 @@ with CUDA synchronization (or wall clock on a CPU), after 5 warm-up calls:
 - one SimCLR optimizer step (bf16 autocast, channels_last, fused SGD on a GPU) on those views,
   without and with cuDNN's autotuning of convolution algorithms (the engine's setting on CUDA),
   and with LARS (:mod:`ssl_core.optimizers`, Barlow Twins' and VICReg's) in place of SGD;
-- the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it;
+- the same step with the backbone compiled (``torch.compile``), at the batch size and at twice it,
+  and compiled with CUDA graphs (``mode="reduce-overhead"``: one replay per forward and backward
+  instead of a launch per kernel; on a CPU the mode falls back to plain compilation);
 - the two views rendered through :meth:`~ssl_core.batch_augment.BatchViews.compile`;
 - one BYOL step (its momentum target's forward and EMA update included), with cuDNN autotuning;
   and, to split it, the target's two forwards alone and a SimCLR step that, like BYOL's online
@@ -111,6 +113,7 @@ def rows(batch_size: int, bank_size: int = 50_000) -> list[tuple[str, str, int |
         ("compiled_augment_cuda_graphs_ms", "2 SimCLR views, rendering compiled with CUDA graphs", b),
         ("compiled_step_ms", f"compiled step, {b} images", b),
         ("compiled_step_double_batch_ms", f"compiled step, {2 * b} images", 2 * b),
+        ("compiled_step_cuda_graphs_ms", f"compiled step with CUDA graphs, {b} images", b),
     ]
 
 
@@ -259,11 +262,20 @@ def main(argv: list[str] | None = None) -> None:
 
             return measure
 
+        def compiled_step_cuda_graphs() -> float:
+            graphed = build_method("simclr", build_backbone("resnet18_cifar", 32), None)
+            graphed.to(device, memory_format=torch.channels_last)
+            graphed.backbone.compile(mode="reduce-overhead")
+            graphed_sgd = optimizer_of("sgd", graphed.parameters())
+            step = step_on(views_of(batch, generator), graphed_sgd, graphed)
+            return seconds_per_call(step, device, args.calls)
+
         for name, measure in (
             ("compiled_augment_ms", compiled_augment(None)),
             ("compiled_augment_cuda_graphs_ms", compiled_augment("reduce-overhead")),
             ("compiled_step_ms", compiled_step(args.batch_size)),
             ("compiled_step_double_batch_ms", compiled_step(2 * args.batch_size)),
+            ("compiled_step_cuda_graphs_ms", compiled_step_cuda_graphs),
         ):
             try:
                 profile.record(name, measure())
