@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 # 128 + SIGINT, what a shell reports for a process ended by Ctrl-C.
@@ -35,19 +36,30 @@ class StoppableServer(Protocol):
     async def astop(self) -> None: ...
 
 
-async def serve_until_interrupted(server: StoppableServer, grace_seconds: float) -> None:
-    """Runs ``server.start()`` until Ctrl-C stops it through ``server.astop()``.
+async def serve_until_interrupted(
+    server: StoppableServer, grace_seconds: float, register: Callable[[], Awaitable[object]] | None = None
+) -> None:
+    """Runs ``register()`` then ``server.start()``, until Ctrl-C stops it through ``server.astop()``.
 
-    After the first Ctrl-C the process ends at most ``grace_seconds`` later, with the stack of
-    every thread on stderr if the shutdown hung; a second Ctrl-C ends it at once. Off the main
-    thread (which alone receives signals) this only runs the server.
+    A Ctrl-C that comes before the server has started (while ``register`` creates the
+    deployment, say) stops it as soon as it starts, so that its shutdown still runs (for
+    Prefect's runner: pausing the schedule). After the first Ctrl-C the process ends at most
+    ``grace_seconds`` later, with the stack of every thread on stderr if the shutdown hung;
+    a second Ctrl-C ends it at once. Off the main thread (which alone receives signals) this
+    only registers and runs the server.
     """
     if threading.current_thread() is not threading.main_thread():
+        if register is not None:
+            await register()
         await server.start()
         return
     loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
     stopping: list[asyncio.Task] = []
+
+    async def stop_once_started() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        await server.astop()
 
     def on_interrupt() -> None:
         if stopping:
@@ -55,21 +67,18 @@ async def serve_until_interrupted(server: StoppableServer, grace_seconds: float)
         deadline = threading.Timer(grace_seconds, _exit_now, args=(_still_running(grace_seconds),))
         deadline.daemon = True  # a shutdown that ends in time exits without waiting for it
         deadline.start()
-        if server.started:
-            stopping.append(loop.create_task(server.astop()))
-        elif main is not None:  # not serving yet: nothing to stop but the start itself
-            stopping.append(main)
-            main.cancel()
+        stopping.append(loop.create_task(stop_once_started()))
 
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
     try:
+        if register is not None:
+            await register()
         await server.start()
-    except asyncio.CancelledError:
-        if not stopping:
-            raise
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-    if stopping and stopping[0] is not main:
+        if stopping and not stopping[0].done():  # the server never started: nothing left to stop
+            stopping[0].cancel()
+    if stopping and not stopping[0].cancelled():
         await stopping[0]  # the stop's own errors, if any, surface here
 
 

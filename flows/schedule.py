@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import sys
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def serve_flow(flow: Flow, name: str, schedule: Schedule, parameters: dict) -> N
     :mod:`flows.interrupt` says why not ``Flow.serve`` itself.
     """
     runner = Runner(name=name, pause_on_shutdown=True)
-    runner.add_flow(
+    register = functools.partial(
+        runner.aadd_flow,
         flow,
         name=name,
         schedule=schedule,
@@ -150,7 +152,8 @@ def serve_flow(flow: Flow, name: str, schedule: Schedule, parameters: dict) -> N
         # The flow by module, not by file: the run's subprocess imports it whatever its working directory.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    asyncio.run(serve_until_interrupted(runner, SHUTDOWN_GRACE_SECONDS))
+    # Registering inside: a Ctrl-C as soon as the deployment exists still pauses it.
+    asyncio.run(serve_until_interrupted(runner, SHUTDOWN_GRACE_SECONDS, register))
 
 
 def schedule_pipeline(

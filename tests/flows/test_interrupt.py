@@ -29,7 +29,7 @@ class Server:
 
     async def start(self) -> None:
         self.started = True
-        print("serving", flush=True)
+        print("started" if how == "guarded-late" else "serving", flush=True)
         while not (self.stop_requested and self.obeys_stop):
             try:
                 await asyncio.sleep(0.05)
@@ -40,10 +40,16 @@ class Server:
     async def astop(self) -> None:
         self.stop_requested = True
 
+async def register() -> None:  # as Prefect creates the deployment: Ctrl-C may come before start()
+    print("serving", flush=True)
+    await asyncio.sleep(0.5)
+
 behaviour, how, grace = sys.argv[1:]
 server = Server(obeys_stop=behaviour == "obeys-stop")
 if how == "guarded":
     asyncio.run(serve_until_interrupted(server, float(grace)))
+elif how == "guarded-late":
+    asyncio.run(serve_until_interrupted(server, float(grace), register))
 else:
     asyncio.run(server.start())
 """
@@ -88,6 +94,12 @@ def test_without_the_guard_a_runner_that_swallows_the_cancellation_outlives_ctrl
 def test_ctrl_c_stops_the_runner_through_its_own_stop(tmp_path: Path) -> None:
     code, output, _ = interrupted(tmp_path, "obeys-stop", "guarded")
     assert (code, output.strip()) == (0, "paused the schedule")  # start() returned: its shutdown ran
+
+
+def test_ctrl_c_before_the_runner_has_started_stops_it_once_started(tmp_path: Path) -> None:
+    """Ctrl-C while the deployment is being created: the runner still starts, then stops (and pauses) at once."""
+    code, output, _ = interrupted(tmp_path, "obeys-stop", "guarded-late")
+    assert (code, output.split()) == (0, ["started", "paused", "the", "schedule"])
 
 
 def test_a_shutdown_that_hangs_ends_after_the_grace_period_with_every_threads_stack(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
+from PIL import Image
 
 # First: it sets Prefect's environment (home folder, no telemetry) before prefect is imported.
 from flows.interrupt import INTERRUPTED_EXIT_CODE
@@ -294,3 +295,46 @@ def test_prefect_yaml_deploys_the_pipeline_to_a_process_work_pool(
     # No project_dir given: the flow's default, the folder its code came from, where the pull step went.
     assert ran.parameters == {"stages": ["ingest"]}
     assert "| ingest |" in summary_of(client, ran) and (project / "data/ingested/manifest.csv").is_file()
+
+
+@pytest.mark.slow  # the module's Prefect server; the flow is served, never run (its first night is hours away)
+def test_the_embed_flow_served_on_a_schedule_stops_on_ctrl_c_and_pauses(
+    prefect_api: str, client: SyncPrefectClient, project: Path, tmp_path: Path
+) -> None:
+    """`python -m flows.embed --cron` serves through the same serve_flow: Ctrl-C stops it and pauses its schedule."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(photos / "red.jpg")
+    env = environment(project)
+    env["PREFECT_API_URL"] = prefect_api
+    log = tmp_path / "embed.log"
+    command = [sys.executable, "-m", "flows.embed", "--data", str(photos), "--out", str(tmp_path / "photos.parquet")]
+    with log.open("w") as output:
+        served = subprocess.Popen(
+            [*command, "--cron", "0 3 * * *"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def deployment() -> DeploymentResponse | None:
+            assert served.poll() is None, f"flows.embed exited with {served.returncode}:\n{log.read_text()}"
+            try:
+                return client.read_deployment_by_name("embed-folder/photos")  # named after the data folder
+            except ObjectNotFound:
+                return None
+
+        nightly = wait_for("deployment embed-folder/photos", deployment, 120, log)
+        assert not nightly.paused and nightly.parameters["data"] == str(photos)
+    finally:
+        os.killpg(served.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            served.wait(timeout=60)
+        finally:
+            if served.poll() is None:
+                os.killpg(served.pid, signal.SIGKILL)
+    assert served.returncode != INTERRUPTED_EXIT_CODE, log.read_text()[-8000:]
+    assert client.read_deployment(nightly.id).paused
