@@ -64,7 +64,8 @@ async def serve_until_interrupted(
     def on_interrupt() -> None:
         if stopping:
             _exit_now("Ctrl-C again: exiting without waiting for the shutdown.", with_stacks=False)
-        deadline = threading.Timer(grace_seconds, _exit_now, args=(_still_running(grace_seconds),))
+        still_running = f"Still shutting down {grace_seconds:g} s after Ctrl-C: exiting now. Where each thread waited:"
+        deadline = threading.Timer(grace_seconds, _exit_now, args=(still_running,))
         deadline.daemon = True  # a shutdown that ends in time exits without waiting for it
         deadline.start()
         stopping.append(loop.create_task(stop_once_started()))
@@ -80,10 +81,6 @@ async def serve_until_interrupted(
             stopping[0].cancel()
     if stopping and not stopping[0].cancelled():
         await stopping[0]  # the stop's own errors, if any, surface here
-
-
-def _still_running(grace_seconds: float) -> str:
-    return f"Still shutting down {grace_seconds:g} s after Ctrl-C: exiting now. Where each thread waited:"
 
 
 def _exit_now(message: str, with_stacks: bool = True) -> None:

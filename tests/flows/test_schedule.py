@@ -143,6 +143,54 @@ def wait_for(what: str, answer, seconds: float, log: Path | None = None):
     return found
 
 
+@contextlib.contextmanager
+def served_until_ctrl_c(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """``command`` serving a schedule, its output in ``log``, until Ctrl-C at the end of the block.
+
+    After the block it must have exited within 60 s of Ctrl-C through Prefect's own shutdown,
+    not flows.interrupt's deadline (which dumps every thread's stack to the log).
+    """
+    env = {**env, "PYTHONFAULTHANDLER": "1"}  # SIGABRT writes every thread's stack to the log: where a shutdown waits
+    with log.open("w") as output:
+        served = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the flow runs it starts stop with it
+        )
+    try:
+        yield served
+    finally:
+        os.killpg(served.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            served.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # flows.interrupt ends it SHUTDOWN_GRACE_SECONDS after Ctrl-C at the latest; if not, record where it waits.
+            os.killpg(served.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                served.wait(timeout=10)
+            pytest.fail(f"{command[0]} ignored Ctrl-C for 60 s; its log ends:\n{log.read_text()[-8000:]}")
+        finally:
+            if served.poll() is None:
+                os.killpg(served.pid, signal.SIGKILL)
+    assert served.returncode != INTERRUPTED_EXIT_CODE, log.read_text()[-8000:]
+
+
+def served_deployment(client: SyncPrefectClient, served: subprocess.Popen, name: str, log: Path) -> DeploymentResponse:
+    """The deployment ``name`` once the serving process has created it; fails if that process exits first."""
+
+    def deployment() -> DeploymentResponse | None:
+        assert served.poll() is None, f"{served.args[0]} exited with {served.returncode}:\n{log.read_text()}"
+        try:
+            return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+
+    return wait_for(f"deployment {name}", deployment, 120, log)
+
+
 def run_to_the_end(client: SyncPrefectClient, deployment_id: UUID, log: Path) -> FlowRun:
     """A run of the deployment, created now through the server as the scheduler would, followed until it ends."""
     flow_run = client.create_flow_run_from_deployment(deployment_id)
@@ -183,29 +231,11 @@ def test_a_served_schedule_runs_on_the_server_retries_a_failing_stage_then_is_ca
         PATH=f"{flaky}:{env['PATH']}",
         PREFECT_API_URL=prefect_api,
         PREFECT_RUNNER_POLL_FREQUENCY="1",  # picks a run up within a second, not Prefect's default ten
-        PYTHONFAULTHANDLER="1",  # SIGABRT writes every thread's stack to the log: where a stuck shutdown waits
     )
     log = tmp_path / "schedule.log"
     command = [SSLPIPE, "schedule", "--cron", "0 2 * * *", "--timezone", "Europe/Berlin"]
-    with log.open("w") as output:
-        served = subprocess.Popen(
-            [*command, "--stages", "ingest", "--retry-backoff", "0.5"],
-            cwd=project,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the flow runs it starts stop with it
-        )
-    try:
-
-        def deployment() -> DeploymentResponse | None:
-            assert served.poll() is None, f"sslpipe schedule exited with {served.returncode}:\n{log.read_text()}"
-            try:
-                return client.read_deployment_by_name(f"ssl-pipeline/{project.name}")  # named after the folder
-            except ObjectNotFound:
-                return None
-
-        nightly = wait_for(f"deployment ssl-pipeline/{project.name}", deployment, 120, log)
+    with served_until_ctrl_c([*command, "--stages", "ingest", "--retry-backoff", "0.5"], project, env, log) as served:
+        nightly = served_deployment(client, served, f"ssl-pipeline/{project.name}", log)  # named after the folder
         (schedule,) = nightly.schedules
         assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (
             "0 2 * * *",
@@ -252,21 +282,6 @@ def test_a_served_schedule_runs_on_the_server_retries_a_failing_stage_then_is_ca
         again = run_to_the_end(client, nightly.id, log)
         assert again.state.is_completed() and "| ingest | Cached |" in summary_of(client, again)
         print(f"cached run: {(again.end_time - again.start_time).total_seconds():.1f} s")
-    finally:
-        os.killpg(served.pid, signal.SIGINT)  # Ctrl-C
-        try:
-            served.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            # flows.interrupt ends it SHUTDOWN_GRACE_SECONDS after Ctrl-C at the latest; if not, record where it waits.
-            os.killpg(served.pid, signal.SIGABRT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                served.wait(timeout=10)
-            pytest.fail(f"sslpipe schedule ignored Ctrl-C for 60 s; its log ends:\n{log.read_text()[-8000:]}")
-        finally:
-            if served.poll() is None:
-                os.killpg(served.pid, signal.SIGKILL)
-    # Prefect's own shutdown ended it, not flows.interrupt's deadline (which dumps every thread's stack to the log).
-    assert served.returncode != INTERRUPTED_EXIT_CODE, log.read_text()[-8000:]
     # Stopping `sslpipe schedule` paused the deployment: no run is scheduled while nobody serves it.
     assert client.read_deployment(nightly.id).paused
 
@@ -309,32 +324,7 @@ def test_the_embed_flow_served_on_a_schedule_stops_on_ctrl_c_and_pauses(
     env["PREFECT_API_URL"] = prefect_api
     log = tmp_path / "embed.log"
     command = [sys.executable, "-m", "flows.embed", "--data", str(photos), "--out", str(tmp_path / "photos.parquet")]
-    with log.open("w") as output:
-        served = subprocess.Popen(
-            [*command, "--cron", "0 3 * * *"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-
-        def deployment() -> DeploymentResponse | None:
-            assert served.poll() is None, f"flows.embed exited with {served.returncode}:\n{log.read_text()}"
-            try:
-                return client.read_deployment_by_name("embed-folder/photos")  # named after the data folder
-            except ObjectNotFound:
-                return None
-
-        nightly = wait_for("deployment embed-folder/photos", deployment, 120, log)
+    with served_until_ctrl_c([*command, "--cron", "0 3 * * *"], REPO_ROOT, env, log) as served:
+        nightly = served_deployment(client, served, "embed-folder/photos", log)  # named after the data folder
         assert not nightly.paused and nightly.parameters["data"] == str(photos)
-    finally:
-        os.killpg(served.pid, signal.SIGINT)  # Ctrl-C
-        try:
-            served.wait(timeout=60)
-        finally:
-            if served.poll() is None:
-                os.killpg(served.pid, signal.SIGKILL)
-    assert served.returncode != INTERRUPTED_EXIT_CODE, log.read_text()[-8000:]
     assert client.read_deployment(nightly.id).paused
