@@ -20,7 +20,7 @@
 #   at all: every way agreed within 0.9 points (0.595-0.604). lightly's kNN curve of SimCLR at batch 512 (its docs,
 #   2021-2022: bench_knn-cifar10-200epochs.png; lr 0.06, no BN in the head, final 0.83) passes ours only later:
 #   about 0.60 at epoch 15 as ours, 0.71 at epoch 50 against our 0.673, 0.755 at 100 against 0.711. So this plan
-#   trains the first epochs of the same 200-epoch schedule (ACCURACY_LONG_S seconds each, about 40 epochs on an
+#   trains the first epochs of the same 200-epoch schedule (ACCURACY_LONG_S seconds each, about 37 epochs on an
 #   H200, eager), each run changing one thing that both lightly runs (2021 and 2023) share and ours does not,
 #   against the committed 200-epoch SimCLR run (gpu-*-cifar10-200epoch-compile-simclr), whose curve is the baseline:
 #   1. lightly's ResNet-18 (--backbone lightly_resnet18_cifar);
@@ -57,8 +57,10 @@
 #   4. SimCLR with torch.compile for 2 epochs: what compiling gives;
 #   5. SimCLR for as many epochs as the time left allows, kNN after every epoch, compiled if 4 showed it pays.
 #
-# Every plan ends with the GPU-only tests (pytest -m cuda) if 40 s are left: pytest comes from the wheels
-# in $DATASETS/wheels on a bare machine (benchmarks/README.md).
+# Every plan ends with where each method's step spends the device's time (kernel_profile.py: phases, operator
+# groups, device idle share; 60 s at most), until such a profile is committed (PLAN=speed: always), then with the
+# GPU-only tests (pytest -m cuda) if 40 s are left: pytest comes from the wheels in $DATASETS/wheels on a bare
+# machine (benchmarks/README.md).
 #
 # Each stage has its own timeout, so a slow or failing stage leaves the later ones their time, and
 # every stage's results.json/results.md are packed into $OUT/results.tar.gz as soon as it ends.
@@ -73,7 +75,7 @@ EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 
 STEP_PROFILE_ARGS=${STEP_PROFILE_ARGS:-}  # e.g. "--batch-size 32 --calls 2 --device cpu" for a smoke run
 PLAN=${PLAN:-auto}
 ACCURACY_EPOCHS=${ACCURACY_EPOCHS:-15}
-ACCURACY_LONG_S=${ACCURACY_LONG_S:-165}  # each run of PLAN=accuracy-long but the last, seconds
+ACCURACY_LONG_S=${ACCURACY_LONG_S:-155}  # each run of PLAN=accuracy-long but the last (about 37 epochs), seconds
 # The side by side's CIFAR-10 subset: all of it by default. Its arguments come last, so a smoke run may override
 # any of them: e.g. "--train-per-class 20 --test-per-class 10 --batch-size 32 --device cpu".
 SIDE_BY_SIDE_ARGS=${SIDE_BY_SIDE_ARGS:---train-per-class 5000 --test-per-class 1000}
@@ -85,6 +87,11 @@ TABLE_ORDER=${TABLE_ORDER:-simclr barlowtwins simsiam byol moco dino vicreg}  # 
 # Trained eager in the table: compiled, their second epoch was slower on one H200 (commit 5346cb7: Barlow Twins 2.76 s
 # against 2.43 s eager, SimSiam 2.50 s against 2.23 s), and compiling costs about 40 s more.
 TABLE_EAGER=${TABLE_EAGER:-barlowtwins simsiam}
+# The kernel profile's methods, the most puzzling first (a call cut short keeps those it finished): BYOL's and MoCo's
+# eager steps cost about twice SimCLR's on one H200 where their targets' forwards predict 1.33x.
+KERNEL_PROFILE_METHODS=${KERNEL_PROFILE_METHODS:-byol,simclr,moco,vicreg,dino,barlowtwins,simsiam}
+KERNEL_PROFILE_ARGS=${KERNEL_PROFILE_ARGS:-}  # e.g. "--batch-size 16 --warmup 1 --timed 1 --steps 1 --device cpu"
+KERNEL_PROFILE_S=${KERNEL_PROFILE_S:-60}  # its timeout; PLAN=accuracy-long keeps it free while a profile is due
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # ssl_core, uninstalled on a bare machine
 PY=${PYTHON:-$(command -v python3 || command -v python)}
@@ -216,8 +223,10 @@ accuracy_long() {
     echo "== re-encoding failed: run 2 skipped"; cat /tmp/gpu-session-reencode.log
   fi
   bench "$prefix-per-view" "$ACCURACY_LONG_S" --loader device --methods simclr --epochs 200 --simclr-forward per-view
-  if [ "$(left)" -gt 85 ]; then  # a start-up of 30 s, and 25 s for the summary and the packing
-    bench "$prefix-fp32" $(( $(left) - 25 )) --loader device --methods simclr --epochs 200 --precision fp32
+  local reserve=0  # the kernel profile's time, while one is due: it answers more than a few fp32 epochs
+  kernel_profile_due && reserve=$KERNEL_PROFILE_S
+  if [ "$(left)" -gt $(( 85 + reserve )) ]; then  # a start-up of 30 s, and 25 s for the summary and the packing
+    bench "$prefix-fp32" $(( $(left) - 25 - reserve )) --loader device --methods simclr --epochs 200 --precision fp32
   else
     echo "== fp32 skipped: $(left)s left"
   fi
@@ -314,6 +323,26 @@ PY
   fi
 }
 
+kernel_profile_due() {  # once per engine: until a profile is committed; always after a change (PLAN=speed)
+  [ "$PLAN" = speed ] || ! compgen -G "benchmarks/results/gpu-*-kernel-profile" >/dev/null
+}
+
+kernel_profile() {  # where each method's step spends the device's time
+  kernel_profile_due || return 0
+  local limit=$(( $(left) - 5 ))
+  [ "$limit" -gt "$KERNEL_PROFILE_S" ] && limit=$KERNEL_PROFILE_S
+  if [ "$limit" -lt 25 ]; then
+    echo "== kernel profile skipped: $(left)s left"
+    return
+  fi
+  echo "== gpu-kernel-profile (timeout ${limit}s, $(left)s left)"
+  # shellcheck disable=SC2086
+  timeout "$limit" "$PY" benchmarks/kernel_profile.py --methods "$KERNEL_PROFILE_METHODS" \
+    --out "$results/gpu-kernel-profile" $KERNEL_PROFILE_ARGS
+  echo "== gpu-kernel-profile exit $? (124: timed out; the methods before it are kept)"
+  pack
+}
+
 cuda_tests() {
   # Last, with whatever time the plan left: the tests CI cannot run (tests/ssl_core/test_cuda.py and the
   # placement and probe tests marked cuda), on this machine's torch. Their report comes back as gpu-cuda-tests/pytest.txt.
@@ -352,5 +381,6 @@ case "$PLAN" in
   speed) speed ;;
   *) echo "PLAN must be auto, accuracy, accuracy-long, distillation, table or speed, not $PLAN" >&2; exit 2 ;;
 esac
+kernel_profile
 cuda_tests
 echo "done after $(( $(date +%s) - started ))s"

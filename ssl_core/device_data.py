@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
@@ -145,7 +146,9 @@ class DeviceImages:
         if on_host:
             order = order.cpu()
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            batch = self.images[order[start : start + batch_size]]
-            if on_host:
-                batch = batch.pin_memory().to(device, non_blocking=True)
-            yield self.views(batch, generator)
+            with record_function("ssl:views"):  # one of ssl_core.engine.STEP_PHASES
+                batch = self.images[order[start : start + batch_size]]
+                if on_host:
+                    batch = batch.pin_memory().to(device, non_blocking=True)
+                views = self.views(batch, generator)
+            yield views

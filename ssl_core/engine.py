@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ssl_core.device_data import DeviceImages
@@ -68,6 +69,9 @@ CHECKPOINT_NAME = "last.pt"
 # images map to (nearly) the same point; SimSiam (https://arxiv.org/abs/2011.10566,
 # sec. 4.1) watches the same statistic.
 COLLAPSE_FRACTION = 0.1
+# The parts of a step, each a torch.profiler range ("ssl:<phase>"), so that a profile of a run
+# (benchmarks/kernel_profile.py) says how much device time each took; "views" is rendered by DeviceImages.
+STEP_PHASES = ("views", "forward", "backward", "optimizer", "after_step", "stats")
 
 
 @dataclass(frozen=True)
@@ -274,16 +278,20 @@ def train(
                     group["lr"] = lr
                 views = [v.to(device, memory_format=memory_format, non_blocking=True) for v in views]
                 method.before_step(global_step, len(lr_schedule))
-                with autocast(device, config.precision):
+                with record_function("ssl:forward"), autocast(device, config.precision):
                     output = model(views)  # through DDP on several processes: its backward averages the gradients
                 optimizer.zero_grad(set_to_none=True)
-                output.loss.backward()
-                if method.gradient_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), method.gradient_clip_norm)
-                optimizer.step()
-                method.after_optimizer_step()
-                loss_sum += output.loss.detach()
-                std_sum += F.normalize(output.features.float(), dim=1).std(dim=0).mean()
+                with record_function("ssl:backward"):
+                    output.loss.backward()
+                with record_function("ssl:optimizer"):
+                    if method.gradient_clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), method.gradient_clip_norm)
+                    optimizer.step()
+                with record_function("ssl:after_step"):
+                    method.after_optimizer_step()
+                with record_function("ssl:stats"):
+                    loss_sum += output.loss.detach()
+                    std_sum += F.normalize(output.features.float(), dim=1).std(dim=0).mean()
                 if on_step is not None:
                     on_step(StepInfo(epoch, step, steps_per_epoch, output.loss.detach(), lr))
             # The means over all ranks: every rank logs, records and decides (a non-finite loss) alike.
