@@ -64,19 +64,10 @@ import torch
 # Run as a script (python benchmarks/distillation_benchmark.py): the repository root holds `benchmarks`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.lightly_benchmark import (  # noqa: E402
-    DATASETS,
-    REPO_ROOT,
-    DatasetSpec,
-    Evaluation,
-    EvaluationData,
-    MethodResult,
-    evaluation_data,
-    prepare,
-    random_init_evaluation,
-    run_method,
-    trained_model_path,
-)
+from benchmarks.benchmark_data import DATASETS, DatasetSpec, prepare  # noqa: E402
+from benchmarks.benchmark_results import MethodResult  # noqa: E402
+from benchmarks.knn_evaluation import Evaluation, EvaluationData, evaluation_data  # noqa: E402
+from benchmarks.lightly_benchmark import REPO_ROOT, random_init_evaluation, run_method, trained_model_path  # noqa: E402
 from benchmarks.machine import device_description  # noqa: E402
 from ssl_core.export import export_onnx  # noqa: E402
 from ssl_core.model_file import load_embedding_model  # noqa: E402

@@ -45,7 +45,8 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.lightly_benchmark import ALL_METHODS, DATASETS, recipe, train_config  # noqa: E402
+from benchmarks.benchmark_data import DATASETS  # noqa: E402
+from benchmarks.lightly_benchmark import ALL_METHODS, recipe, train_config  # noqa: E402
 from benchmarks.machine import device_description  # noqa: E402
 from ssl_core.augment import Normalization  # noqa: E402
 from ssl_core.backbones import build_backbone  # noqa: E402

@@ -54,141 +54,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
-import tarfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset
 
 # Run as a script (python benchmarks/lightly_benchmark.py): the repository root holds `benchmarks`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.benchmark_data import DATASETS, DatasetSpec, prepare  # noqa: E402
+from benchmarks.benchmark_results import MethodResult, previous_results, read_epoch_log, write_results  # noqa: E402
+from benchmarks.knn_evaluation import Evaluation, EvaluationData, evaluate, evaluation_data  # noqa: E402
 from benchmarks.lightly_reference import LIGHTLY_CIFAR10_BACKBONE, import_lightly, lightly_cifar10_backbone  # noqa: E402
-from benchmarks.machine import device_description  # noqa: E402
+from benchmarks.machine import device_description, peak_host_memory_gb, reset_peak_host_memory  # noqa: E402
 from benchmarks.wall_clock import CallClock  # noqa: E402
-from ssl_core.augment import Normalization, ViewConfig, eval_transform
+from ssl_core.augment import Normalization
 from ssl_core.backbones import Backbone, available_backbones, build_backbone, infer_feature_dim
-from ssl_core.batch_augment import BatchViews
 from ssl_core.data import ManifestDataset
-from ssl_core.device_data import DeviceImages
-from ssl_core.embed import compute_embeddings, embed_uint8_images
 from ssl_core.engine import EpochStats, TrainConfig, train
-from ssl_core.knn import knn_evaluate
-from ssl_core.label_free import embed_two_views, label_free_scores, sample_indices, standard_views
-from ssl_core.manifest import MANIFEST_NAME, ManifestRecord, sha256_file, write_manifest
+from ssl_core.manifest import sha256_file
 from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig, SimCLRConfig
 from ssl_core.methods.factory import build_method, method_class
 from ssl_core.model_file import EmbeddingModelInfo, save_embedding_model
 from ssl_core.optimizers import OPTIMIZERS
-from ssl_core.precision import autocast, resolve_device, seed_everything
+from ssl_core.precision import resolve_device, seed_everything
 from ssl_core.teachers import load_teacher_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Methods that learn from a teacher run last: their teacher is a method trained before them.
 ALL_METHODS = tuple(sorted(METHOD_NAMES, key=lambda name: method_class(name).needs_teacher))
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    archive: str
-    top: str
-    train_split: str
-    test_split: str
-    image_size: int
-    backbone: str
-    blur_prob: float
-    dino_local_crops: int  # DINO's local crops (half the side) beside its 2 global crops
-
-
-DATASETS = {
-    # The lightly CIFAR-10 benchmark: ResNet-18 with the CIFAR stem, no blur at 32 px, and DINO
-    # on its 2 global crops only (its DINOCollateFunction takes n_local_views=0 there).
-    "cifar10": DatasetSpec("cifar10-jpeg.tar.gz", "cifar10", "train", "test", 32, "resnet18_cifar", 0.0, 0),
-    # The lightly Imagenette benchmark at 128 px: a torchvision ResNet-18, blur on, DINO with
-    # lightly's default 6 local crops of 64 px.
-    "imagenette": DatasetSpec("imagenette-128.tar.gz", "imagenette", "train", "val", 128, "resnet18", 0.5, 6),
-}
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What is measured on one checkpoint: kNN top-1 on the test split, and the label-free scores."""
-
-    knn_top1: float
-    rankme: float
-    alignment: float
-    uniformity: float
-
-
-@dataclass
-class MethodResult:
-    method: str
-    epochs: int = 0
-    batch_size: int = 0
-    lr: float = 0.0
-    optimizer: str = "sgd"  # results from before LARS were all SGD
-    knn_per_epoch: list[float] = field(default_factory=list)
-    final_knn_top1: float = 0.0
-    best_knn_top1: float = 0.0
-    best_epoch: int = 0
-    random_init_knn_top1: float = 0.0
-    # Training throughput: train images x epochs / train_seconds; views per image is the method's.
-    images_per_second: float | None = None
-    mean_eval_seconds: float | None = None
-    # {epoch, knn_top1, rankme, alignment, uniformity} per evaluated epoch; empty in results from before them.
-    per_epoch: list[dict] = field(default_factory=list)
-    # The random-init backbone's Evaluation as a dict (the same for every method of a run).
-    random_init: dict | None = None
-    train_seconds: float = 0.0
-    # From building the method to its saved model, summed over the calls that trained it (wall_clock.py).
-    wall_seconds: float | None = None
-    calls: int | None = None
-    peak_gpu_memory_gb: float | None = None
-    peak_host_memory_gb: float | None = None
-    collapsed: bool = False
-
-
-def prepare(
-    spec: DatasetSpec, datasets_dir: Path, work_dir: Path, train_per_class: int | None, test_per_class: int | None
-) -> Path:
-    """Extracts the archive (once) and writes a manifest of the selected images."""
-    extracted = work_dir / "data"
-    if not (extracted / spec.top).is_dir():
-        extracted.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(datasets_dir / spec.archive) as archive:
-            archive.extractall(extracted, filter="data")
-    root = extracted / spec.top
-    quota = {spec.train_split: train_per_class, spec.test_split: test_per_class}
-    records = []
-    for split, limit in quota.items():
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            for image in sorted(class_dir.iterdir())[:limit]:
-                # sha256 is for provenance in the pipeline; the benchmark reads fixed archives.
-                records.append(ManifestRecord(image.relative_to(root).as_posix(), "", class_dir.name, split, 0, 0))
-    write_manifest(records, root / MANIFEST_NAME)
-    return root
-
-
-def reset_peak_host_memory() -> None:
-    """Restarts the process's peak-RSS counter (Linux: ``/proc/self/clear_refs``), so each method gets its own."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_host_memory_gb() -> float | None:
-    """Peak resident memory since the last reset (``VmHWM``), or None where /proc is missing."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    kilobytes = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return None if kilobytes is None else kilobytes / 2**20
 
 
 def trained_model_path(args: argparse.Namespace, method: str) -> Path:
@@ -214,92 +110,6 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
     )
 
 
-@dataclass(frozen=True)
-class EvaluationData:
-    """The kNN bank (train split) and queries (test split) with the eval transform, and the label-free pairs.
-
-    ``pairs`` is a seeded sample of train images under the standard (random) views: the
-    same images, and with :func:`embed_two_views`'s seeding the same views, at every checkpoint.
-    With ``--loader device``, ``on_device`` holds the same three decoded on the device.
-    """
-
-    bank: ManifestDataset
-    queries: ManifestDataset
-    pairs: Dataset
-    on_device: DeviceEvaluationData | None = None
-
-
-@dataclass(frozen=True)
-class DeviceEvaluationData:
-    """Decoded uint8 tensors: the training set (the kNN bank), the test split, and the label-free sample."""
-
-    train: DeviceImages
-    queries: DeviceImages
-    pair_indices: torch.Tensor
-
-
-def evaluation_data(spec: DatasetSpec, root: Path, args: argparse.Namespace) -> EvaluationData:
-    norm = Normalization()
-    evaluation = eval_transform(spec.image_size, norm)
-    bank = ManifestDataset(root, [spec.train_split], evaluation)
-    views = ManifestDataset(root, [spec.train_split], standard_views(spec.image_size, norm))
-    indices = sample_indices(len(views), args.label_free_pairs, args.seed)
-    pairs = Subset(views, indices)
-    queries = ManifestDataset(root, [spec.test_split], evaluation)
-    on_device = None
-    if args.loader == "device":
-        device = resolve_device(args.device)
-        # Stored at the training size, as eval_transform crops it: the bank needs no other copy.
-        train = DeviceImages.decode(bank, spec.image_size, device, args.num_workers)
-        test = DeviceImages.decode(queries, spec.image_size, device, args.num_workers)
-        on_device = DeviceEvaluationData(train, test, torch.tensor(indices, device=train.images.device))
-    return EvaluationData(bank, queries, pairs, on_device)
-
-
-def evaluate(backbone: torch.nn.Module, data: EvaluationData, args: argparse.Namespace) -> Evaluation:
-    """kNN top-1 and the label-free scores; the bank is embedded once and serves both kNN and RankMe.
-
-    Reseeding the global RNG for the views does not disturb training: the engine
-    reseeds it at the start of every epoch.
-    """
-    device = resolve_device(args.device)
-    backbone.to(device)
-    if data.on_device is not None:
-        return evaluate_on_device(backbone, data.on_device, len(data.bank.class_names), args)
-    bank_x, bank_y = compute_embeddings(backbone, data.bank, 512, args.num_workers, device, args.precision)
-    query_x, query_y = compute_embeddings(backbone, data.queries, 512, args.num_workers, device, args.precision)
-    knn = knn_evaluate(bank_x, bank_y, query_x, query_y, len(data.bank.class_names), k=200, temperature=0.1)
-    view_a, view_b = embed_two_views(backbone, data.pairs, 512, args.num_workers, device, args.precision, args.seed)
-    scores = label_free_scores(bank_x, view_a, view_b)
-    return Evaluation(knn.top1, scores.rankme, scores.alignment, scores.uniformity)
-
-
-def evaluate_on_device(
-    backbone: torch.nn.Module, data: DeviceEvaluationData, num_classes: int, args: argparse.Namespace
-) -> Evaluation:
-    """:func:`evaluate` from the decoded tensors, without leaving the device."""
-    device = resolve_device(args.device)
-    norm = Normalization()
-    embed = lambda images: embed_uint8_images(backbone, images, norm, device, args.precision)  # noqa: E731
-    bank_x, query_x = embed(data.train.images), embed(data.queries.images)
-    bank_y, query_y = data.train.labels.to(device), data.queries.labels.to(device)
-    knn = knn_evaluate(bank_x, bank_y, query_x, query_y, num_classes, k=200, temperature=0.1)
-    # Two seeded draws of the standard views of the same sample, as embed_two_views on the host.
-    image_size = data.train.images.shape[-1]
-    standard = BatchViews([ViewConfig(image_size=image_size).spec()], norm)
-    sample = data.train.images[data.pair_indices].to(device)
-    pairs = []
-    for offset in (0, 1):
-        generator = torch.Generator(device=device).manual_seed(args.seed + offset)
-        (views,) = standard(sample, generator)
-        with torch.no_grad(), autocast(device, args.precision):
-            features = backbone.eval()(views.contiguous(memory_format=torch.channels_last))
-        pairs.append(torch.nn.functional.normalize(features.float().flatten(1), dim=1))
-    backbone.train()
-    scores = label_free_scores(bank_x, *pairs)
-    return Evaluation(knn.top1, scores.rankme, scores.alignment, scores.uniformity)
-
-
 def benchmark_backbone(name: str, image_size: int) -> Backbone:
     """``--backbone``: one of :func:`build_backbone`'s, or lightly's own CIFAR-10 ResNet-18 (needs lightly)."""
     if name == LIGHTLY_CIFAR10_BACKBONE:
@@ -312,12 +122,6 @@ def random_init_evaluation(spec: DatasetSpec, data: EvaluationData, args: argpar
     """The untrained backbone, seeded like every method's starting point."""
     seed_everything(args.seed)
     return evaluate(benchmark_backbone(spec.backbone, spec.image_size).module, data, args)
-
-
-def read_epoch_log(path: Path) -> dict[str, dict]:
-    """Per-epoch evaluations by epoch number; a log from before the label-free scores holds bare kNN floats."""
-    log = json.loads(path.read_text())
-    return {epoch: entry if isinstance(entry, dict) else {"knn_top1": entry} for epoch, entry in log.items()}
 
 
 def recipe(name: str, spec: DatasetSpec, simclr_forward: str = "joint") -> object:
@@ -452,76 +256,6 @@ def run_method(
     return result
 
 
-def markdown(results: list[MethodResult], header: dict) -> str:
-    lines = [
-        f"# {header['dataset']} kNN benchmark ({header['device']})",
-        "",
-        "Commands (in order; a later run of a method replaced its earlier result):",
-        *[f"- `{command}`" for command in header.get("commands", [header.get("command")])],
-        "",
-        f"Train images: {header['train_images']}, test images: {header['test_images']}, "
-        f"backbone {header['backbone']}, batch {header['batch_size']}, {header['epochs']} epoch(s), "
-        f"{header['precision']}"
-        + (", SimCLR forwards each view on its own." if header.get("simclr_forward") == "per-view" else "."),
-        "",
-        "| method | epochs | lr | kNN top-1 final | kNN top-1 best (epoch) | random init | RankMe final "
-        "| train time (no eval) | images/s | eval time | wall time | peak GPU mem | peak host mem |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        memory = f"{r.peak_gpu_memory_gb:.1f} GB" if r.peak_gpu_memory_gb is not None else "n/a"
-        host = f"{r.peak_host_memory_gb:.1f} GB" if r.peak_host_memory_gb is not None else "n/a"
-        duration = seconds_or_minutes(r.train_seconds)
-        wall = "n/a" if r.wall_seconds is None else f"{seconds_or_minutes(r.wall_seconds)} ({plural(r.calls, 'call')})"
-        rank = f"{r.per_epoch[-1]['rankme']:.1f}" if r.per_epoch else "n/a"
-        speed = f"{r.images_per_second:,.0f}" if r.images_per_second else "n/a"
-        eval_time = f"{r.mean_eval_seconds:.2f} s" if r.mean_eval_seconds is not None else "n/a"
-        lr = f"{r.lr:g} LARS" if r.optimizer == "lars" else f"{r.lr:g}"
-        lines.append(
-            f"| {r.method} | {r.epochs} | {lr} | {r.final_knn_top1:.4f} | {r.best_knn_top1:.4f} ({r.best_epoch}) | "
-            f"{r.random_init_knn_top1:.4f} | {rank} | {duration} | {speed} | {eval_time} | {wall} | {memory} | {host} |"
-        )
-    random_init = next((r.random_init for r in results if r.random_init is not None), None)
-    if random_init is not None:
-        lines += [
-            "",
-            f"Random init: RankMe {random_init['rankme']:.1f}, alignment {random_init['alignment']:.3f}, "
-            f"uniformity {random_init['uniformity']:.3f}. RankMe is the effective rank of the "
-            f"{header['train_images']} train-split eval embeddings (the kNN bank); every epoch's RankMe, "
-            f"alignment and uniformity (on {header['label_free_pairs']} train images) are in results.json.",
-        ]
-    wall_time = (
-        "Wall time runs from building a method to its saved model, over every call that trained it (a call "
-        "resumes from the last checkpoint): compilation, training, and the kNN evaluation and checkpoint after "
-        "every epoch."
-    )
-    if "setup_seconds" in header:
-        wall_time += (
-            " Not in it: the run's one-time set-up (extracting and decoding the data, the random-init evaluation), "
-            f"{seconds_or_minutes(header['setup_seconds'])} in the last call."
-        )
-    lines += [
-        "",
-        wall_time,
-        "",
-        "Peak host memory per method is the process's peak RSS while that method trained and was "
-        f"evaluated (n/a: resumed after its last epoch, nothing trained); over the whole run it was "
-        f"{header['peak_host_memory_gb']:.1f} GB. Peak GPU memory is torch.cuda.max_memory_allocated "
-        "(n/a on a CPU).",
-    ]
-    for method, error in header.get("failed", {}).items():
-        lines += ["", f"**{method} failed** and has no result: {error}"]
-    return "\n".join(lines) + "\n"
-
-
-def seconds_or_minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
-
-
-def plural(count: int | None, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
@@ -645,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} failed: {failed[name]}", flush=True)
         # Written after every method, so a crash later loses none of the finished ones.
         header = {**previous_header, **setup, "commands": commands, "failed": failed, "setup_seconds": setup_seconds}
-        write_results(args.out, header, finished)
+        write_results(args.out, header, [finished[m] for m in ALL_METHODS if m in finished])
     print((args.out / "results.md").read_text())
 
 
@@ -667,42 +401,6 @@ def check_backbone(name: str, methods: tuple[str, ...], parser: argparse.Argumen
             f"--backbone {name!r} is unknown: choose {LIGHTLY_CIFAR10_BACKBONE} or one of "
             f"{', '.join(available_backbones())}"
         )
-
-
-def write_results(out: Path, header: dict, finished: dict[str, MethodResult]) -> None:
-    """``results.json`` and ``results.md`` of the finished methods, in the order of ``ALL_METHODS``."""
-    results = [finished[m] for m in ALL_METHODS if m in finished]
-    # Each method reset the peak counter: the run's peak is the largest of theirs.
-    header["peak_host_memory_gb"] = max(
-        [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20]
-        + [r.peak_host_memory_gb for r in results if r.peak_host_memory_gb is not None]
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(
-        json.dumps({"header": header, "results": [asdict(r) for r in results]}, indent=2) + "\n"
-    )
-    (out / "results.md").write_text(markdown(results, header))
-
-
-def previous_results(out: Path, setup: dict, parser: argparse.ArgumentParser) -> tuple[dict, dict[str, MethodResult]]:
-    """The header and per-method results already in ``out/results.json``, if it holds the same setup.
-
-    Raises (via ``parser.error``) when it holds another setup, so no result is overwritten by accident.
-    """
-    path = out / "results.json"
-    if not path.exists():
-        return {}, {}
-    report = json.loads(path.read_text())
-    report["header"].setdefault("loader", "pil")  # results from before --loader
-    report["header"].setdefault("simclr_forward", "joint")  # and from before --simclr-forward
-    differs = {
-        key: (report["header"].get(key), value) for key, value in setup.items() if report["header"].get(key) != value
-    }
-    if differs:
-        parser.error(f"{path} holds results of another setup ({differs}, as (there, now)); choose another --out")
-    header = report["header"]
-    header.setdefault("commands", [header["command"]] if "command" in header else [])  # files from before "commands"
-    return header, {r["method"]: MethodResult(**r) for r in report["results"]}
 
 
 if __name__ == "__main__":

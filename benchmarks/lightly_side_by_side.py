@@ -60,7 +60,8 @@ from torch.utils.data import Dataset
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.lightly_benchmark import DATASETS, DatasetSpec, prepare, train_config  # noqa: E402
+from benchmarks.benchmark_data import DATASETS, DatasetSpec, prepare  # noqa: E402
+from benchmarks.lightly_benchmark import train_config  # noqa: E402
 from benchmarks.lightly_reference import (  # noqa: E402
     LIGHTLY_MODELS,
     METHODS,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from benchmarks import label_free_vs_knn, lightly_benchmark, summarize
-from benchmarks.lightly_benchmark import DATASETS, main
+from benchmarks.benchmark_data import DATASETS
+from benchmarks.lightly_benchmark import main
 from benchmarks.lightly_reference import LIGHTLY_CIFAR10_BACKBONE, import_lightly
 from ssl_core.backbones import build_backbone
 from ssl_core.engine import CHECKPOINT_NAME

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import distillation_benchmark
+from benchmarks.benchmark_data import DATASETS
 from benchmarks.distillation_benchmark import ModelResult, epochs_within, main, markdown, simclr_epochs_for
-from benchmarks.lightly_benchmark import DATASETS
 from tests.datasets import cut_cifar10
 
 TRAIN_PER_CLASS = 4  # 40 images: 2 steps of 16

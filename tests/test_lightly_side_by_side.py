@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.lightly_benchmark import DATASETS
+from benchmarks.benchmark_data import DATASETS
 from benchmarks.lightly_side_by_side import METHODS, SIDES, import_lightly, main
 from tests.datasets import cut_cifar10
 
