@@ -14,6 +14,9 @@ synchronizations with the profiler off, then records ``--steps`` more with ``tor
 - ``device_busy_ms``: per step, the union of the intervals in which the device ran a kernel or a copy,
   and ``device_idle_share``: the rest of the profiled window, where the device waited for the host (a
   launch-bound step shows here, not in the busy time);
+- ``host_ops_per_step``: the operators the host dispatches per step (the innermost ones), and on a GPU
+  ``device_ops_per_step``: the kernels, copies and sets it runs; each costs the host microseconds
+  however small it is, so thousands per step can keep a fast device waiting;
 - ``phase_ms``: device time per step of each part of the step (``ssl_core.engine.STEP_PHASES``:
   rendering the views, forward, backward, optimizer, after the step (the EMA of the momentum methods),
   the epoch's running statistics);
@@ -154,7 +157,11 @@ def summarize(profiler: profile, steps: int, on_device: bool) -> tuple[dict, lis
     # Each forward convolution once: under autocast aten::conv2d calls itself again on the cast inputs.
     conv = [e for e in events if e.name == "aten::conv2d" and getattr(e.cpu_parent, "name", None) != "aten::conv2d"]
     conv_flops, conv_ms = sum(e.flops for e in conv), sum(total_ms(e) for e in conv) * steps
+    # The host's share of a step: every operator it dispatches, down to the innermost (on a GPU most of
+    # these launch a kernel, each costing the host microseconds whatever the kernel's size).
+    dispatched = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
     figures = {
+        "host_ops_per_step": sum(1 for e in dispatched if not e.cpu_children) / steps,
         "phase_ms": phases,
         "operator_ms": groups,
         "conv_forward_tflops": conv_flops / (conv_ms * 1e-3) / 1e12 if conv_ms > 0 and conv_flops > 0 else None,
@@ -169,6 +176,7 @@ def summarize(profiler: profile, steps: int, on_device: bool) -> tuple[dict, lis
         if spans:
             window = max(end for _, end in spans) - min(start for start, _ in spans)
             busy = union_length(spans)
+            figures["device_ops_per_step"] = len(spans) / steps  # kernels, copies and sets
             figures["device_busy_ms"] = busy / 1e3 / steps
             figures["device_idle_share"] = 1 - busy / window if window > 0 else None
     return figures, operators
@@ -230,8 +238,8 @@ def markdown(header: dict, results: list[dict]) -> str:
         f"Batch {header['batch_size']}, {header['precision']}, eager; per step, {clock} ms. "
         f"Steps: {header['warmup']} warm-up, {header['timed']} timed unprofiled, {header['steps']} profiled.",
         "",
-        f"| method | step | profiled step | device busy | device idle | {phases} |",
-        "|---|" + "---|" * (4 + len(STEP_PHASES)),
+        f"| method | step | profiled step | device busy | device idle | host ops | kernels | {phases} |",
+        "|---|" + "---|" * (6 + len(STEP_PHASES)),
     ]
 
     def cell(value: float | None, fmt: str = "{:.2f}") -> str:
@@ -241,7 +249,9 @@ def markdown(header: dict, results: list[dict]) -> str:
         phase_cells = " | ".join(cell(r["phase_ms"][p]) for p in STEP_PHASES)
         lines.append(
             f"| {r['method']} | {cell(r['step_ms'])} | {cell(r['profiled_step_ms'])} | "
-            f"{cell(r.get('device_busy_ms'))} | {cell(r.get('device_idle_share'), '{:.0%}')} | {phase_cells} |"
+            f"{cell(r.get('device_busy_ms'))} | {cell(r.get('device_idle_share'), '{:.0%}')} | "
+            f"{cell(r['host_ops_per_step'], '{:,.0f}')} | {cell(r.get('device_ops_per_step'), '{:,.0f}')} | "
+            f"{phase_cells} |"
         )
     lines += [
         "",
