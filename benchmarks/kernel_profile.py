@@ -118,13 +118,15 @@ class StepClock:
         return (self.after_step[last] - self.after_step[first]) * 1e3 / (last - first)
 
 
-def summarize(profiler: profile, steps: int, on_device: bool) -> tuple[dict, list[dict]]:
+def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
     """Per-step figures of the profiled window, and every operator's row, most device time first.
 
-    ``on_device``: device times (kernels and copies); else the host's (a CPU run).
+    Times are the device's (kernels and copies) where the profiler recorded device events, else the
+    host's: on a CPU, or on a GPU whose profiler could not trace it (CUPTI missing), ``clock`` says which.
     """
     events = profiler.events()
     averages = profiler.key_averages()
+    on_device = any(e.device_type != DeviceType.CPU for e in events)
 
     def self_ms(event: object) -> float:
         us = event.self_device_time_total if on_device else event.self_cpu_time_total
@@ -161,6 +163,7 @@ def summarize(profiler: profile, steps: int, on_device: bool) -> tuple[dict, lis
     # these launch a kernel, each costing the host microseconds whatever the kernel's size).
     dispatched = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
     figures = {
+        "clock": "device" if on_device else "host",
         "host_ops_per_step": sum(1 for e in dispatched if not e.cpu_children) / steps,
         "phase_ms": phases,
         "operator_ms": groups,
@@ -216,7 +219,7 @@ def profile_method(name: str, args: argparse.Namespace, device: torch.device) ->
         clock = StepClock(profiler, device, {timed_from, timed_to, recorded_from, recorded_to})
         with tempfile.TemporaryDirectory() as checkpoints:
             train(method, images, config, Path(checkpoints), on_step=clock)
-    figures, operators = summarize(profiler, args.steps, on_device=device.type == "cuda")
+    figures, operators = summarize(profiler, args.steps)
     result = {
         "method": name,
         "optimizer": config.optimizer,
@@ -231,7 +234,7 @@ def profile_method(name: str, args: argparse.Namespace, device: torch.device) ->
 def markdown(header: dict, results: list[dict]) -> str:
     phases = " | ".join(STEP_PHASES)
     groups = [group for group, _ in OPERATOR_GROUPS] + ["other"]
-    clock = "device" if header["on_device"] else "host (no device: CPU times)"
+    clock = "device" if header["on_device"] else "host (a CPU: no device)"
     lines = [
         f"# Where a training step's time goes ({header['device']}, torch {header['torch']})",
         "",
@@ -263,6 +266,12 @@ def markdown(header: dict, results: list[dict]) -> str:
     for r in results:
         group_cells = " | ".join(cell(r["operator_ms"][g]) for g in groups)
         lines.append(f"| {r['method']} | {group_cells} | {cell(r['conv_forward_tflops'], '{:.3g}')} |")
+    untraced = [r["method"] for r in results if header["on_device"] and r["clock"] == "host"]
+    if untraced:
+        lines += [
+            "",
+            f"No device events were recorded for {', '.join(untraced)} (no CUPTI?): their times are the host's.",
+        ]
     return "\n".join(lines) + "\n"
 
 
