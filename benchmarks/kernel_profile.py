@@ -8,9 +8,11 @@ autotuning, eager) for one short epoch on random uint8 images of CIFAR-10's size
 (``lightly_benchmark.train_config``: batch 512, each method's optimizer and learning rate). After
 ``--warmup`` steps (cuDNN's tuning, the caching allocator) it times ``--timed`` steps between two
 synchronizations with the profiler off, then records ``--steps`` more with ``torch.profiler``
-(after one step of the profiler's own warm-up). Per method, in ``results.json`` and ``results.md``:
+(after one step of the profiler's own warm-up, and no synchronization before the recorded steps, so they
+start with the host ahead of the device as in training). Per method, in ``results.json`` and ``results.md``:
 
-- ``step_ms``: a step with the profiler off; ``profiled_step_ms``: with it on (the profiler's own cost);
+- ``step_ms``: a step with the profiler off; ``profiled_step_ms``: with it on, over its warm-up step and the
+  recorded ones (the profiler's own cost);
 - ``device_busy_ms``: per step, the union of the intervals in which the device ran a kernel or a copy,
   and ``device_idle_share``: the rest of the profiled window, where the device waited for the host (a
   launch-bound step shows here, not in the busy time);
@@ -132,9 +134,8 @@ def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
         us = event.self_device_time_total if on_device else event.self_cpu_time_total
         return us / 1e3 / steps
 
-    def total_ms(event: object) -> float:
-        us = event.device_time_total if on_device else event.cpu_time_total
-        return us / 1e3 / steps
+    def total_us(event: object) -> float:
+        return event.device_time_total if on_device else event.cpu_time_total
 
     phases = {name: 0.0 for name in STEP_PHASES}
     operators = []
@@ -142,7 +143,7 @@ def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
         if row.device_type != DeviceType.CPU:  # the kernels themselves, and the ranges mirrored on the device
             continue
         if row.key.startswith("ssl:"):  # a phase: the device time of every kernel launched inside it
-            phases[row.key.removeprefix("ssl:")] = total_ms(row)
+            phases[row.key.removeprefix("ssl:")] = total_us(row) / 1e3 / steps
         elif not is_range(row) and self_ms(row) > 0:
             operators.append(
                 {
@@ -158,7 +159,7 @@ def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
         groups[row["group"]] += row["self_ms"]
     # Each forward convolution once: under autocast aten::conv2d calls itself again on the cast inputs.
     conv = [e for e in events if e.name == "aten::conv2d" and getattr(e.cpu_parent, "name", None) != "aten::conv2d"]
-    conv_flops, conv_ms = sum(e.flops for e in conv), sum(total_ms(e) for e in conv) * steps
+    conv_flops, conv_us = sum(e.flops for e in conv), sum(total_us(e) for e in conv)
     # The host's share of a step: every operator it dispatches, down to the innermost (on a GPU most of
     # these launch a kernel, each costing the host microseconds whatever the kernel's size).
     dispatched = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
@@ -167,7 +168,7 @@ def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
         "host_ops_per_step": sum(1 for e in dispatched if not e.cpu_children) / steps,
         "phase_ms": phases,
         "operator_ms": groups,
-        "conv_forward_tflops": conv_flops / (conv_ms * 1e-3) / 1e12 if conv_ms > 0 and conv_flops > 0 else None,
+        "conv_forward_tflops": conv_flops / (conv_us * 1e-6) / 1e12 if conv_us > 0 and conv_flops > 0 else None,
     }
     if on_device:
         # Kernels, copies and sets on the device's timeline; the ranges mirrored there span idle time too.
@@ -187,10 +188,10 @@ def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
 
 def profile_method(name: str, args: argparse.Namespace, device: torch.device) -> tuple[dict, list[dict]]:
     """One short epoch of ``name`` through the engine, the last ``args.steps`` steps profiled."""
-    # Steps: warm-up, timed with the profiler off, one of the profiler's own warm-up, recorded.
+    # Steps: warm-up, timed with the profiler off, then with it on: one of the profiler's own warm-up and the
+    # recorded ones. No synchronization between those two, so the recorded steps start with the host ahead.
     timed_from, timed_to = args.warmup, args.warmup + args.timed
-    recorded_from, recorded_to = timed_to + 1, timed_to + 1 + args.steps
-    steps = recorded_to
+    recorded_from, steps = timed_to + 1, timed_to + 1 + args.steps
     config = train_config(
         argparse.Namespace(
             epochs=1,
@@ -214,9 +215,9 @@ def profile_method(name: str, args: argparse.Namespace, device: torch.device) ->
     view = method.view_config(SPEC.image_size, blur_prob=SPEC.blur_prob)
     images.views = method.batch_transform(view, Normalization())
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    plan = schedule(wait=timed_to, warmup=recorded_from - timed_to, active=recorded_to - recorded_from, repeat=1)
+    plan = schedule(wait=timed_to, warmup=recorded_from - timed_to, active=steps - recorded_from, repeat=1)
     with profile(activities=activities, schedule=plan, record_shapes=True, with_flops=True) as profiler:
-        clock = StepClock(profiler, device, {timed_from, timed_to, recorded_from, recorded_to})
+        clock = StepClock(profiler, device, {timed_from, timed_to, steps})
         with tempfile.TemporaryDirectory() as checkpoints:
             train(method, images, config, Path(checkpoints), on_step=clock)
     figures, operators = summarize(profiler, args.steps)
@@ -225,7 +226,7 @@ def profile_method(name: str, args: argparse.Namespace, device: torch.device) ->
         "optimizer": config.optimizer,
         "views": method.num_views,
         "step_ms": clock.ms_per_step(timed_from, timed_to),
-        "profiled_step_ms": clock.ms_per_step(recorded_from, recorded_to),
+        "profiled_step_ms": clock.ms_per_step(timed_to, steps),
         **figures,
     }
     return result, operators
