@@ -302,8 +302,12 @@ def markdown(head: dict, results: list[ModelResult]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        throughput = f"{r.onnx_images_per_second:,.0f} ({r.onnx_provider})" if r.onnx_images_per_second else "n/a"
-        throughput = f"failed: {r.onnx_error}" if r.onnx_error else throughput
+        if r.onnx_error:
+            throughput = f"failed: {r.onnx_error}"
+        elif r.onnx_images_per_second:
+            throughput = f"{r.onnx_images_per_second:,.0f} ({r.onnx_provider})"
+        else:
+            throughput = "n/a"
         epochs = f"{r.epochs}" if r.budget_seconds is None else f"{r.epochs} (fit in {r.budget_seconds:g} s)"
         lines.append(
             f"| {r.role} | {r.backbone} | {r.method} | {epochs} | {r.parameters_millions:.1f} M "

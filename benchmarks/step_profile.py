@@ -184,8 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     batch = images[torch.randperm(len(images), device=device)[: args.batch_size]]
     profile.record("augment_ms", seconds_per_call(lambda: views_of(batch, generator), device, args.calls))
 
-    method = build_method("simclr", build_backbone("resnet18_cifar", 32), None)
-    method.to(device, memory_format=torch.channels_last)
+    def placed(name: str, recipe: object = None) -> SSLMethod:
+        """``name`` around a fresh CIFAR ResNet-18, on the device in channels_last, as the engine places it."""
+        built = build_method(name, build_backbone("resnet18_cifar", 32), recipe)
+        built.to(device, memory_format=torch.channels_last)
+        return built
+
+    method = placed("simclr")
     # One recipe for every optimizer timed here; fused on a GPU, as the engine builds it.
     optimizer_of = functools.partial(
         build_optimizer, lr=0.1, momentum=0.9, weight_decay=5e-4, fused=device.type == "cuda" or None
@@ -214,8 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         lars_step = seconds_per_call(step_on(views_of(batch, generator), lars), device, args.calls)
         profile.record("step_lars_ms", lars_step)
         # BYOL: the same two views, plus a forward of the momentum target and its EMA update per step.
-        byol = build_method("byol", build_backbone("resnet18_cifar", 32), None)
-        byol.to(device, memory_format=torch.channels_last)
+        byol = placed("byol")
         byol_sgd = optimizer_of("sgd", byol.trainable_parameters())
         byol_step = seconds_per_call(step_on(views_of(batch, generator), byol_sgd, byol), device, args.calls)
         profile.record("byol_step_ms", byol_step)
@@ -237,8 +241,7 @@ def main(argv: list[str] | None = None) -> None:
                 byol.embed_target(x0), byol.embed_target(x1)
 
         profile.record("byol_target_forward_ms", seconds_per_call(target_forwards, device, args.calls))
-        per_view = build_method("simclr", build_backbone("resnet18_cifar", 32), SimCLRConfig(forward_per_view=True))
-        per_view.to(device, memory_format=torch.channels_last)
+        per_view = placed("simclr", SimCLRConfig(forward_per_view=True))
         per_view_sgd = optimizer_of("sgd", per_view.parameters())
         per_view_step = step_on(views_of(batch, generator), per_view_sgd, per_view)
         profile.record("simclr_per_view_step_ms", seconds_per_call(per_view_step, device, args.calls))
@@ -263,8 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             return measure
 
         def compiled_step_cuda_graphs() -> float:
-            graphed = build_method("simclr", build_backbone("resnet18_cifar", 32), None)
-            graphed.to(device, memory_format=torch.channels_last)
+            graphed = placed("simclr")
             graphed.backbone.compile(mode="reduce-overhead")
             graphed_sgd = optimizer_of("sgd", graphed.parameters())
             step = step_on(views_of(batch, generator), graphed_sgd, graphed)
