@@ -67,7 +67,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.benchmark_data import DATASETS, DatasetSpec, prepare  # noqa: E402
 from benchmarks.benchmark_results import MethodResult  # noqa: E402
 from benchmarks.knn_evaluation import Evaluation, EvaluationData, evaluation_data  # noqa: E402
-from benchmarks.lightly_benchmark import REPO_ROOT, random_init_evaluation, run_method, trained_model_path  # noqa: E402
+from benchmarks.lightly_benchmark import (  # noqa: E402
+    REPO_ROOT,
+    add_compile_arguments,
+    random_init_evaluation,
+    run_method,
+    trained_model_path,
+)
 from benchmarks.machine import device_description  # noqa: E402
 from ssl_core.export import export_onnx  # noqa: E402
 from ssl_core.model_file import load_embedding_model  # noqa: E402
@@ -385,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="bf16-mixed", choices=("fp32", "bf16-mixed"))
     parser.add_argument("--num-workers", type=int, default=8)
     parser.add_argument("--loader", choices=("pil", "device"), default="pil")
-    parser.add_argument("--compile", action="store_true", help="torch.compile every backbone")
+    add_compile_arguments(parser)
     parser.set_defaults(optimizer="auto", simclr_forward="joint")  # lightly_benchmark's defaults
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-free-pairs", type=int, default=1024)

@@ -4,9 +4,10 @@
 
 Trains each method through the engine itself (:func:`ssl_core.engine.train` on
 :class:`~ssl_core.device_data.DeviceImages`: bf16 autocast, channels_last, fused optimizer, cuDNN
-autotuning, eager) for one short epoch on random uint8 images of CIFAR-10's size, with the table's recipe
-(``lightly_benchmark.train_config``: batch 512, each method's optimizer and learning rate). After
-``--warmup`` steps (cuDNN's tuning, the caching allocator) it times ``--timed`` steps between two
+autotuning; eager, or compiled as ``--compile [networks|step]`` asks) for one short epoch on random uint8
+images of CIFAR-10's size, with the table's recipe (``lightly_benchmark.train_config``: batch 512, each
+method's optimizer and learning rate). After ``--warmup`` steps (cuDNN's tuning, the caching allocator, and
+compiling in the first) it times ``--timed`` steps between two
 synchronizations with the profiler off, then records ``--steps`` more with ``torch.profiler``
 (after one step of the profiler's own warm-up, and no synchronization before the recorded steps, so they
 start with the host ahead of the device as in training). Per method, in ``results.json`` and ``results.md``:
@@ -31,7 +32,8 @@ It answers what the per-epoch clocks cannot: on one H200 (commit 5346cb7) BYOL's
 SimCLR's where its target's extra forwards predict about 1.33x, and SimCLR's steady epoch used 22% of
 the chip's bf16 peak. On a CPU the same figures come from the host's clock (no device events), which
 is enough to test the script. ``results.json`` is rewritten after each method, so a call cut short
-keeps the methods it profiled.
+keeps the methods it profiled. ``--compile step`` against eager says how many of a step's launches
+compiling the whole step takes away (``host_ops_per_step``, ``device_ops_per_step``).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.benchmark_data import DATASETS  # noqa: E402
-from benchmarks.lightly_benchmark import ALL_METHODS, recipe, train_config  # noqa: E402
+from benchmarks.lightly_benchmark import ALL_METHODS, add_compile_arguments, recipe, train_config  # noqa: E402
 from benchmarks.machine import device_description  # noqa: E402
 from ssl_core.augment import Normalization  # noqa: E402
 from ssl_core.backbones import build_backbone  # noqa: E402
@@ -202,7 +204,8 @@ def profile_method(name: str, args: argparse.Namespace, device: torch.device) ->
             device=args.device,
             precision=args.precision,
             num_workers=0,
-            compile=False,
+            compile=args.compile,
+            compile_mode=args.compile_mode,
         ),
         name,
     )
@@ -232,6 +235,15 @@ def profile_method(name: str, args: argparse.Namespace, device: torch.device) ->
     return result, operators
 
 
+def compiled(header: dict) -> str:
+    """What was compiled, in words; a profile from before ``--compile`` was eager."""
+    scope = header.get("compile", "off")
+    if scope == "off":
+        return "eager"
+    mode = header.get("compile_mode")
+    return f"compiled ({'the whole step' if scope == 'step' else 'the networks'}{f', {mode}' if mode else ''})"
+
+
 def markdown(header: dict, results: list[dict]) -> str:
     phases = " | ".join(STEP_PHASES)
     groups = [group for group, _ in OPERATOR_GROUPS] + ["other"]
@@ -239,7 +251,7 @@ def markdown(header: dict, results: list[dict]) -> str:
     lines = [
         f"# Where a training step's time goes ({header['device']}, torch {header['torch']})",
         "",
-        f"Batch {header['batch_size']}, {header['precision']}, eager; per step, {clock} ms. "
+        f"Batch {header['batch_size']}, {header['precision']}, {compiled(header)}; per step, {clock} ms. "
         f"Steps: {header['warmup']} warm-up, {header['timed']} timed unprofiled, {header['steps']} profiled.",
         "",
         f"| method | step | profiled step | device busy | device idle | host ops | kernels | {phases} |",
@@ -300,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps recorded by the profiler")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16-mixed", choices=("fp32", "bf16-mixed"))
+    add_compile_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -314,7 +327,10 @@ def main(argv: list[str] | None = None) -> None:
         "device": device_description(device),
         "on_device": device.type == "cuda",
         "torch": torch.__version__,
-        **{key: getattr(args, key) for key in ("batch_size", "precision", "warmup", "timed", "steps")},
+        **{
+            key: getattr(args, key)
+            for key in ("batch_size", "precision", "compile", "compile_mode", "warmup", "timed", "steps")
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     results = []

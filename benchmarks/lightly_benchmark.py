@@ -73,7 +73,7 @@ from benchmarks.wall_clock import CallClock  # noqa: E402
 from ssl_core.augment import Normalization
 from ssl_core.backbones import Backbone, available_backbones, build_backbone, infer_feature_dim
 from ssl_core.data import ManifestDataset
-from ssl_core.engine import EpochStats, TrainConfig, train
+from ssl_core.engine import COMPILE_MODES, COMPILE_SCOPES, EpochStats, TrainConfig, train
 from ssl_core.manifest import sha256_file
 from ssl_core.methods import METHOD_NAMES, DINOConfig, MultiCropConfig, SimCLRConfig
 from ssl_core.methods.factory import build_method, method_class
@@ -107,6 +107,27 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
         precision=args.precision,
         num_workers=args.num_workers,
         compile=args.compile,
+        compile_mode=args.compile_mode,
+    )
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--compile [networks|step]`` and ``--compile-mode``, which :func:`train_config` hands to the engine."""
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="networks",
+        default="off",
+        choices=COMPILE_SCOPES,
+        help="torch.compile: networks (a bare --compile), the backbone and a momentum or teacher network beside "
+        "it, each on its own; step, the method's whole training step as one graph (heads and loss too); "
+        "both also compile the device path's view rendering",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default=None,
+        help="torch.compile's mode for the method (reduce-overhead: CUDA graphs); default: torch's default",
     )
 
 
@@ -298,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         default="pil",
         help="pil: DataLoader with per-image PIL views; device: decoded once, views rendered on the device",
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    add_compile_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--label-free-pairs",

@@ -364,7 +364,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/lightly-side-by-side"))
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json and results.md")
     # train_config reads these: compiling would time the compiler, and lightly's side trains with SGD.
-    parser.set_defaults(compile=False, optimizer="sgd")
+    parser.set_defaults(compile="off", compile_mode=None, optimizer="sgd")
     args = parser.parse_args(argv)
     args.methods = tuple(args.methods.split(","))
     unknown = sorted(set(args.methods) - set(METHODS))

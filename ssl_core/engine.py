@@ -72,6 +72,11 @@ COLLAPSE_FRACTION = 0.1
 # The parts of a step, each a torch.profiler range ("ssl:<phase>"), so that a profile of a run
 # (benchmarks/kernel_profile.py) says how much device time each took; "views" is rendered by DeviceImages.
 STEP_PHASES = ("views", "forward", "backward", "optimizer", "after_step", "stats")
+# What TrainConfig.compile hands to torch.compile: nothing, each of the method's networks on its own
+# (SSLMethod.compile_networks), or its whole step, networks, heads and loss as one graph (SSLMethod.compile_step).
+COMPILE_SCOPES = ("off", "networks", "step")
+# torch.compile's modes; "reduce-overhead" replays CUDA graphs, one launch for a whole compiled graph.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,16 @@ class TrainConfig:
         channels_last: NHWC memory layout for convolutions (measured +13% training
             throughput for the CIFAR ResNet-18 with bf16 on a 2-core CPU; the usual
             advice for mixed precision on GPUs too).
-        compile: ``torch.compile`` the method's networks (the backbone, and the momentum or
-            teacher network beside it: :attr:`~ssl_core.methods.base.SSLMethod.compiled_networks`)
-            and the views of a :class:`DeviceImages` set
-            (:meth:`ssl_core.batch_augment.BatchViews.compile`); slow to start, pays on long runs.
+        compile: what ``torch.compile`` compiles (:data:`COMPILE_SCOPES`): ``off``; ``networks``, the
+            method's networks each on its own (the backbone, and the momentum or teacher network beside
+            it: :attr:`~ssl_core.methods.base.SSLMethod.compiled_networks`); or ``step``, the method's
+            whole training step as one graph (:meth:`~ssl_core.methods.base.SSLMethod.compile_step`: the
+            heads and the loss too, and every forward of a momentum method, whose eager step
+            dispatches about twice SimCLR's operators). Either also compiles the views of a
+            :class:`DeviceImages` set (:meth:`ssl_core.batch_augment.BatchViews.compile`). Slow to
+            start, pays on long runs.
+        compile_mode: ``torch.compile``'s mode for the method (:data:`COMPILE_MODES`; None: its default);
+            ``reduce-overhead`` replays CUDA graphs.
         sync_batchnorm: on several GPUs, BatchNorm statistics over the global batch
             (``SyncBatchNorm``) rather than each GPU's; one all-reduce per BN layer and
             forward. Ignored on a single process; CUDA only.
@@ -122,11 +133,16 @@ class TrainConfig:
     precision: str = "fp32"
     num_workers: int = 0
     channels_last: bool = True
-    compile: bool = False
+    compile: str = "off"
+    compile_mode: str | None = None
     sync_batchnorm: bool = False
     checkpoint_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_SCOPES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_SCOPES)}; got {self.compile!r}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be None or one of {', '.join(COMPILE_MODES)}; got {self.compile_mode!r}")
         if self.checkpoint_interval_s < 0:
             raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
 
@@ -224,8 +240,12 @@ def train(
     if config.sync_batchnorm and is_distributed():
         # In place: BatchNorm children become SyncBatchNorm around the same tensors; the state dict keeps its keys.
         nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    if config.compile:
-        method.compile_networks()  # in place: the state dict keeps its keys
+    if config.compile != "off":
+        # In place: the state dict keeps its keys, so checkpoints resume across compiled and eager runs.
+        if config.compile == "step":
+            method.compile_step(config.compile_mode)
+        else:
+            method.compile_networks(config.compile_mode)
         if isinstance(dataset, DeviceImages) and dataset.views is not None:
             dataset.views.compile()
     optimizer = build_optimizer(

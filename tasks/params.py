@@ -212,13 +212,14 @@ class _TrainingSettings(_Section):
     seed: int = 0
     device: str = "auto"
     precision: str = "bf16-mixed"
-    # torch.compile the method's networks (the backbone, and a momentum or teacher network beside it)
-    # and the device-side view rendering. "auto": on a single CUDA
-    # process, where an H200 trained a SimCLR epoch 1.51x faster after ~35 s of compiling
-    # (benchmarks/README.md); off on the CPU (minutes of compiling for a few epochs) and under
-    # DDP (compiled DDP trains like eager DDP on 2 CPU processes over gloo, tests/ssl_core/test_distributed.py,
-    # but has not run over NCCL on GPUs here).
-    compile: bool | Literal["auto"] = "auto"
+    # torch.compile, and what of the step (ssl_core.engine.COMPILE_SCOPES), always with the device-side
+    # view rendering: true or "networks", the method's networks each on its own (the backbone, and a
+    # momentum or teacher network beside it); "step", the whole training step as one graph (heads and
+    # loss too); false, nothing. "auto": networks on a single CUDA process, where an H200 trained a
+    # SimCLR epoch 1.51x faster after ~35 s of compiling (benchmarks/README.md); off on the CPU (minutes
+    # of compiling for a few epochs) and under DDP (compiled DDP trains like eager DDP on 2 CPU processes
+    # over gloo, tests/ssl_core/test_distributed.py, but has not run over NCCL on GPUs here).
+    compile: bool | Literal["auto", "networks", "step"] = "auto"
     num_workers: int = Field(default=1, ge=0)
     # Continue from the last epoch checkpoint of an interrupted run.
     resume: bool = True

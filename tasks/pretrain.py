@@ -381,23 +381,28 @@ def train_config(training: TrainingParams, lr: float, optimizer: str) -> TrainCo
         device=training.device,
         precision=training.precision,
         num_workers=training.num_workers,
-        compile=compiles(training),
+        compile=compile_scope(training),
     )
 
 
-def compiles(training: TrainingParams) -> bool:
-    """``training.compile``, with ``auto`` resolved: on for one process on a CUDA device that can compile."""
+def compile_scope(training: TrainingParams) -> str:
+    """``training.compile`` as the engine's scope (``ssl_core.engine.COMPILE_SCOPES``): true is ``networks``,
+    false ``off``; ``auto`` is ``networks`` for one process on a CUDA device that can compile, else ``off``."""
+    if training.compile is True:
+        return "networks"
+    if training.compile is False:
+        return "off"
     if training.compile != "auto":
         return training.compile
     if training.processes != 1 or resolve_device(training.device).type != "cuda":
-        return False
+        return "off"
     blocker = compile_blocker()
     if blocker is not None:
         logger.warning(
             "compile: auto stays off, since %s; training uncompiled (1.5x slower per epoch on an H200).", blocker
         )
-        return False
-    return True
+        return "off"
+    return "networks"
 
 
 def compile_blocker() -> str | None:

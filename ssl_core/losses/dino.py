@@ -18,13 +18,15 @@ from torch import nn
 from ssl_core.distributed import all_reduce_mean_
 
 
-def softmax_center_teacher(teacher_logits: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
+def softmax_center_teacher(
+    teacher_logits: torch.Tensor, center: torch.Tensor, temperature: float | torch.Tensor
+) -> torch.Tensor:
     """Teacher targets: softmax((g_t(x) - C) / tau_t), centered then sharpened.
 
     Args:
         teacher_logits: (N, K) teacher head outputs.
         center: (1, K) running mean of teacher outputs.
-        temperature: tau_t; low values (0.04-0.07) sharpen.
+        temperature: tau_t, a number or a 0-dim tensor; low values (0.04-0.07) sharpen.
 
     Returns:
         (N, K) probabilities, detached: the teacher gets no gradient.

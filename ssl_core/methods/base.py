@@ -166,10 +166,28 @@ class SSLMethod(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called by the engine after each optimizer step: EMA updates of target networks."""
 
-    def compile_networks(self) -> None:
+    def compile_networks(self, mode: str | None = None) -> None:
         """``torch.compile`` each of :attr:`compiled_networks` in place (the state dict keeps its keys)."""
         for name in self.compiled_networks:
-            getattr(self, name).compile()
+            getattr(self, name).compile(mode=mode)
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """``torch.compile`` the whole training step in place: what the engine calls (:meth:`forward`,
+        so :meth:`training_step`) becomes one graph of every network's forward, the heads and the loss,
+        and its backward one compiled graph too (AOTAutograd).
+
+        Where :meth:`compile_networks` leaves the heads, the losses and each extra forward call its own
+        eager operators (BYOL's and MoCo's four calls dispatch about twice SimCLR's operators a step),
+        this leaves none. Buffers the step updates (BatchNorm statistics, MoCo's memory bank, DINO's
+        center) are updated by the graph. A Python number the step reads and a schedule changes (DINO's
+        teacher temperature) is read as a tensor instead, since each new value would recompile the step.
+        Random draws inside the step (distillation's mixup) come from torch's generator, as eager ones do
+        (inductor's ``fallback_random``): the compiled run draws what the eager one would.
+        """
+        import torch._inductor  # noqa: PLC0415 (loaded by torch.compile anyway; here for its mode options)
+
+        # torch.compile takes a mode or options, not both: the mode's options, with eager random draws.
+        self.compile(options={**torch._inductor.list_mode_options(mode or "default"), "fallback_random": True})
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)

@@ -124,8 +124,10 @@ class DINO(SSLMethod):
         self.teacher_head = frozen_copy(self.head)
         self.criterion = DINOLoss(config.student_temperature)
         self.register_buffer("center", torch.zeros(1, config.output_dim))
-        # Set per step by before_step.
-        self.teacher_temperature = config.warmup_teacher_temperature
+        # Set per step by before_step. The temperature is a tensor, filled in place, because the step reads it:
+        # a compiled step (compile_step) takes it as an input rather than recompiling for each new value.
+        # Not persistent: the schedule sets it again from the step, so checkpoints keep their keys.
+        self.register_buffer("teacher_temperature", torch.tensor(config.warmup_teacher_temperature), persistent=False)
         self.momentum = config.base_momentum
 
     def view_specs(self, view: ViewConfig) -> list[ViewSpec]:
@@ -138,8 +140,8 @@ class DINO(SSLMethod):
 
     def before_step(self, step: int, total_steps: int) -> None:
         c = self.config
-        self.teacher_temperature = teacher_temperature_at(
-            step, total_steps, c.warmup_teacher_temperature, c.teacher_temperature, c.warmup_fraction
+        self.teacher_temperature.fill_(
+            teacher_temperature_at(step, total_steps, c.warmup_teacher_temperature, c.teacher_temperature, c.warmup_fraction)
         )
         self.momentum = cosine_momentum(step, total_steps, c.base_momentum)
         # No gradient at all (not a zero one): SGD then skips the layer, weight decay

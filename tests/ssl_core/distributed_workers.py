@@ -267,10 +267,12 @@ def train_on_ranks(folder: Path) -> dict:
     train(method, device_images(method), train_config(epochs=1, optimizer="lars"), folder / "lars")
     results["lars_weights"] = weights(method)
 
-    # Compiled (backbone and views) inside DDP: the same training as the eager run above, up to rounding.
-    method = simclr()
-    train(method, device_images(method), train_config(epochs=2, compile=True), folder / "compiled")
-    results["compiled_weights"] = weights(method)
+    # Compiled inside DDP, the networks on their own or the whole step (NT-Xent's negatives gathered from the
+    # other rank in it), and the views: the same training as the eager run above, up to rounding.
+    for scope in ("networks", "step"):
+        method = simclr()
+        train(method, device_images(method), train_config(epochs=2, compile=scope), folder / f"compiled-{scope}")
+        results[f"compiled_{scope}_weights"] = weights(method)
 
     method = simclr()
     pairs = NoisyPairs(66)

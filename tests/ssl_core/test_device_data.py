@@ -300,7 +300,7 @@ def test_a_compiled_run_trains_like_the_eager_one_with_the_same_checkpoints(
     _, eager_weights, eager_history, eager_dir, _ = two_epoch_run
     compiled_set = with_views(decoded, simclr_views())  # compiling replaces its rendering: not the shared views
     method = make_method()
-    config = dataclasses.replace(make_config(epochs=2), compile=True)
+    config = dataclasses.replace(make_config(epochs=2), compile="networks")
     history = train(method, compiled_set, config, tmp_path, fingerprint=FINGERPRINT)
     assert compiled_set.views._render is not batch_augment.normalized_view
     compiled_keys = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["method"].keys()

@@ -237,7 +237,7 @@ def test_schedules_at_start_middle_and_end():
     expected = {0: (0.04, 0.996), 100: (0.055, None), 200: (0.07, None), 500: (0.07, 0.998), 1000: (0.07, 1.0)}
     for step, (temperature, momentum) in expected.items():
         method.before_step(step, 1000)
-        assert method.teacher_temperature == pytest.approx(temperature)
+        assert method.teacher_temperature.item() == pytest.approx(temperature)
         if momentum is not None:
             assert method.momentum == pytest.approx(momentum)
 

@@ -112,17 +112,21 @@ def test_rank_0_keeps_the_seed_and_the_others_get_their_own(shard_results: list[
 def test_ranks_end_in_the_same_state(training: tuple[Path, list[dict]]) -> None:
     """Weights through DDP's averaged gradients; BatchNorm statistics averaged before each checkpoint."""
     _, (first, second) = training
-    for key in ("weights", "loader_weights", "dino_weights", "lars_weights", "compiled_weights"):
+    for key in ("weights", "loader_weights", "dino_weights", "lars_weights", "compiled_networks_weights",
+                "compiled_step_weights"):
         assert_same_state(first[key], second[key])
     assert first["losses"] == second["losses"]  # the epoch losses are means over the ranks
 
 
-def test_a_compiled_run_on_two_ranks_trains_like_the_eager_one(training: tuple[Path, list[dict]]) -> None:
-    """torch.compile inside DDP (the backbone and the views, as ``compile: true`` does with ``processes: 2``)."""
+@pytest.mark.parametrize("scope", ["networks", "step"])
+def test_a_compiled_run_on_two_ranks_trains_like_the_eager_one(scope: str, training: tuple[Path, list[dict]]) -> None:
+    """torch.compile inside DDP: the backbone and the views (``compile: true`` with ``processes: 2``), or the
+    whole step, whose NT-Xent gathers the other rank's projections with their gradients."""
     _, ranks = training
     for result in ranks:
         for key, eager in result["weights"].items():
-            torch.testing.assert_close(result["compiled_weights"][key], eager, atol=1e-3, rtol=1e-3, msg=key)
+            compiled = result[f"compiled_{scope}_weights"][key]
+            torch.testing.assert_close(compiled, eager, atol=1e-3, rtol=1e-3, msg=lambda detail: f"{key}: {detail}")
 
 
 def test_each_rank_trains_on_its_own_shard_with_its_own_augmentations(training: tuple[Path, list[dict]]) -> None:

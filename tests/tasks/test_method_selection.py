@@ -238,22 +238,24 @@ def test_pretrain_lr_follows_scale_lr(
 
 
 @pytest.mark.parametrize(
-    ("overrides", "on_cuda", "compiles"),
+    ("overrides", "on_cuda", "scope"),
     [
-        ({}, False, False),  # auto: compiling takes minutes on a CPU, for runs of a few epochs
-        ({}, True, True),  # auto: one CUDA process compiles (1.5x per epoch on an H200)
-        ({"processes": 2}, True, False),  # auto: compiled DDP has not run on a GPU here
-        ({"compile": True}, False, True),
-        ({"compile": False}, True, False),
+        ({}, False, "off"),  # auto: compiling takes minutes on a CPU, for runs of a few epochs
+        ({}, True, "networks"),  # auto: one CUDA process compiles (1.5x per epoch on an H200)
+        ({"processes": 2}, True, "off"),  # auto: compiled DDP has not run on a GPU here
+        ({"compile": True}, False, "networks"),
+        ({"compile": "networks"}, False, "networks"),
+        ({"compile": "step"}, False, "step"),
+        ({"compile": False}, True, "off"),
     ],
 )
-def test_compile_auto_means_one_cuda_process(
-    overrides: dict, on_cuda: bool, compiles: bool, monkeypatch: pytest.MonkeyPatch
+def test_compile_auto_means_the_networks_on_one_cuda_process(
+    overrides: dict, on_cuda: bool, scope: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     device = torch.device("cuda" if on_cuda else "cpu")
     monkeypatch.setattr(pretrain, "resolve_device", lambda name: device)
     monkeypatch.setattr(pretrain, "compile_blocker", lambda: None)  # a machine that can compile
-    assert pretrain.compiles(parse_params({"pretrain": overrides}).pretrain) is compiles
+    assert pretrain.compile_scope(parse_params({"pretrain": overrides}).pretrain) == scope
 
 
 def test_compile_auto_stays_off_and_says_why_without_a_c_compiler(
@@ -267,19 +269,19 @@ def test_compile_auto_stays_off_and_says_why_without_a_c_compiler(
     training = parse_params({}).pretrain
     assert pretrain.compile_blocker() is not None and "C compiler" in pretrain.compile_blocker()
     with caplog.at_level("WARNING", logger="tasks.pretrain"):
-        assert pretrain.compiles(training) is False
+        assert pretrain.compile_scope(training) == "off"
     assert "compile: auto stays off, since no C compiler is found" in caplog.text
     # Asked for explicitly, it is the user's call: the engine compiles and any failure is shown as it is.
-    assert pretrain.compiles(parse_params({"pretrain": {"compile": True}}).pretrain) is True
+    assert pretrain.compile_scope(parse_params({"pretrain": {"compile": True}}).pretrain) == "networks"
 
 
-@pytest.mark.parametrize(("overrides", "compiles"), [({}, False), ({"compile": True}, True)])
+@pytest.mark.parametrize(("overrides", "scope"), [({}, "off"), ({"compile": True}, "networks"), ({"compile": "step"}, "step")])
 def test_pretrain_hands_the_engine_the_resolved_compile(
-    overrides: dict, compiles: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    overrides: dict, scope: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if torch.cuda.is_available():
         pytest.skip("auto compiles on a CUDA machine")
-    assert config_of_a_run({"method": "simclr", **overrides}, tmp_path, monkeypatch).compile is compiles
+    assert config_of_a_run({"method": "simclr", **overrides}, tmp_path, monkeypatch).compile == scope
 
 
 @pytest.mark.parametrize(
@@ -303,9 +305,10 @@ def test_optimizer_is_sgd_lars_or_auto() -> None:
     assert "'adam'" in str(refused.value) and "'lars'" in str(refused.value)
 
 
-def test_compile_is_true_false_or_auto() -> None:
-    with pytest.raises(ParamsError, match="pretrain.compile"):
+def test_compile_is_true_false_auto_networks_or_step() -> None:
+    with pytest.raises(ParamsError, match="pretrain.compile") as refused:
         parse_params({"pretrain": {"compile": "yes please"}})
+    assert "'yes please'" in str(refused.value) and "'step'" in str(refused.value)
 
 
 def test_pretrain_refuses_a_method_that_needs_a_teacher_without_one(tmp_path: Path) -> None:
