@@ -142,7 +142,9 @@ class TrainConfig:
         if self.compile not in COMPILE_SCOPES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_SCOPES)}; got {self.compile!r}")
         if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be None or one of {', '.join(COMPILE_MODES)}; got {self.compile_mode!r}")
+            raise ValueError(
+                f"compile_mode must be None or one of {', '.join(COMPILE_MODES)}; got {self.compile_mode!r}"
+            )
         if self.checkpoint_interval_s < 0:
             raise ValueError(f"checkpoint_interval_s must be >= 0, got {self.checkpoint_interval_s}")
 

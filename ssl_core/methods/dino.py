@@ -141,7 +141,9 @@ class DINO(SSLMethod):
     def before_step(self, step: int, total_steps: int) -> None:
         c = self.config
         self.teacher_temperature.fill_(
-            teacher_temperature_at(step, total_steps, c.warmup_teacher_temperature, c.teacher_temperature, c.warmup_fraction)
+            teacher_temperature_at(
+                step, total_steps, c.warmup_teacher_temperature, c.teacher_temperature, c.warmup_fraction
+            )
         )
         self.momentum = cosine_momentum(step, total_steps, c.base_momentum)
         # No gradient at all (not a zero one): SGD then skips the layer, weight decay

@@ -112,8 +112,14 @@ def test_rank_0_keeps_the_seed_and_the_others_get_their_own(shard_results: list[
 def test_ranks_end_in_the_same_state(training: tuple[Path, list[dict]]) -> None:
     """Weights through DDP's averaged gradients; BatchNorm statistics averaged before each checkpoint."""
     _, (first, second) = training
-    for key in ("weights", "loader_weights", "dino_weights", "lars_weights", "compiled_networks_weights",
-                "compiled_step_weights"):
+    for key in (
+        "weights",
+        "loader_weights",
+        "dino_weights",
+        "lars_weights",
+        "compiled_networks_weights",
+        "compiled_step_weights",
+    ):
         assert_same_state(first[key], second[key])
     assert first["losses"] == second["losses"]  # the epoch losses are means over the ranks
 
@@ -126,7 +132,9 @@ def test_a_compiled_run_on_two_ranks_trains_like_the_eager_one(scope: str, train
     for result in ranks:
         for key, eager in result["weights"].items():
             compiled = result[f"compiled_{scope}_weights"][key]
-            torch.testing.assert_close(compiled, eager, atol=1e-3, rtol=1e-3, msg=lambda detail: f"{key}: {detail}")
+            torch.testing.assert_close(
+                compiled, eager, atol=1e-3, rtol=1e-3, msg=lambda detail, key=key: f"{key}: {detail}"
+            )
 
 
 def test_each_rank_trains_on_its_own_shard_with_its_own_augmentations(training: tuple[Path, list[dict]]) -> None:

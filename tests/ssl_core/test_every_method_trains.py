@@ -120,7 +120,9 @@ def test_compiling_covers_the_second_network_and_trains_like_eager(
     expected = eager.state_dict()
     assert compiled.state_dict().keys() == expected.keys()
     for key, value in compiled.state_dict().items():
-        torch.testing.assert_close(value, expected[key], atol=1e-4, rtol=1e-4, msg=lambda detail: f"{name}: {key}: {detail}")
+        torch.testing.assert_close(
+            value, expected[key], atol=1e-4, rtol=1e-4, msg=lambda detail, key=key: f"{name}: {key}: {detail}"
+        )
 
 
 # What a compiled step has to carry beyond SimCLR's plain forward and loss (whose compiled step
@@ -155,7 +157,9 @@ def test_compiling_the_whole_step_makes_one_graph_that_trains_like_eager(
     expected = eager.state_dict()
     assert compiled.state_dict().keys() == expected.keys()
     for key, value in compiled.state_dict().items():
-        torch.testing.assert_close(value, expected[key], atol=1e-3, rtol=1e-3, msg=lambda detail: f"{name}: {key}: {detail}")
+        torch.testing.assert_close(
+            value, expected[key], atol=1e-3, rtol=1e-3, msg=lambda detail, key=key: f"{name}: {key}: {detail}"
+        )
 
 
 class ConstantEmbedding(SSLMethod):

@@ -275,7 +275,9 @@ def test_compile_auto_stays_off_and_says_why_without_a_c_compiler(
     assert pretrain.compile_scope(parse_params({"pretrain": {"compile": True}}).pretrain) == "networks"
 
 
-@pytest.mark.parametrize(("overrides", "scope"), [({}, "off"), ({"compile": True}, "networks"), ({"compile": "step"}, "step")])
+@pytest.mark.parametrize(
+    ("overrides", "scope"), [({}, "off"), ({"compile": True}, "networks"), ({"compile": "step"}, "step")]
+)
 def test_pretrain_hands_the_engine_the_resolved_compile(
     overrides: dict, scope: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
