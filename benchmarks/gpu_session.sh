@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (10 minutes at most), in one of five plans. The default, PLAN=auto, is the first
-# of PLAN=accuracy, PLAN=accuracy-long, PLAN=distillation and PLAN=table whose result is not committed yet
-# (benchmarks/results/gpu-*-accuracy-device-*, gpu-*-accuracy-long-*, gpu-*-cifar10-distillation; the table goes on
-# one method per session).
+# One call on a lent GPU machine (10 minutes at most), in one of six plans. The default, PLAN=auto, is the first
+# of PLAN=accuracy, PLAN=accuracy-long, PLAN=compile, PLAN=distillation and PLAN=table whose result is not committed
+# yet (benchmarks/results/gpu-*-accuracy-device-*, gpu-*-accuracy-long-*, gpu-*-device-compile-step-2epoch,
+# gpu-*-cifar10-distillation; the table goes on one method per session).
 #
 # PLAN=accuracy: why SimCLR ends under lightly's kNN after 200 epochs (0.777 against 0.848 on one H200,
 #   commit 5346cb7): the same short recipe (ACCURACY_EPOCHS, 15) trained five ways in one call, each changing
@@ -40,7 +40,7 @@
 #
 # PLAN=table: the lightly table, one method per session.
 #   1. the machine: GPU, driver, torch and torchvision versions, and an eager step profile (40 s at most);
-#   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch[-compile]-<method>,
+#   2. the first method of TABLE_ORDER with no committed benchmarks/results/gpu-*-cifar10-200epoch[-compile[-step]]-<method>,
 #      for 200 epochs with torch.compile (eager for the methods of TABLE_EAGER, which it slows down) and a kNN
 #      evaluation after every epoch (about 8 minutes for SimCLR on an H200). If the call ends first, the epochs it
 #      trained still come back (<method>-knn_per_epoch.json).
@@ -56,6 +56,16 @@
 #   3. every method for 2 epochs on the device path: images/s, epoch time, kNN time, peak memory;
 #   4. SimCLR with torch.compile for 2 epochs: what compiling gives;
 #   5. SimCLR for as many epochs as the time left allows, kNN after every epoch, compiled if 4 showed it pays.
+#
+# PLAN=compile: whether compiling the whole training step as one graph (--compile step) makes the four methods that
+#   do not fit 200 epochs in 10 minutes fit (BYOL, DINO, MoCo, VICReg: 13-15 minutes projected on one H200 at
+#   5346cb7, eager; compiling their networks alone gave BYOL 1.08x). On a CPU the whole step dispatches 3.3x fewer
+#   operators than eager, 1.3x fewer than the networks compiled (results/cpu-kernel-profile-compile).
+#   1. BYOL for 2 epochs, its whole step compiled;
+#   2. the same replayed as CUDA graphs (--compile-mode reduce-overhead): one launch per forward and backward;
+#   3. BYOL's and SimCLR's compiled step kernel by kernel (gpu-kernel-profile-compile-step; BYOL from the
+#      inductor cache of 1): how many launches compiling takes away, and how long the device still waits;
+#   4. MoCo, DINO and VICReg for 2 epochs the faster way of 1 and 2, as long as the time left allows.
 #
 # Every plan ends with where each method's step spends the device's time (kernel_profile.py: phases, operator
 # groups, device idle share; 60 s at most), until such a profile is committed (PLAN=speed: always), then with the
@@ -87,6 +97,11 @@ TABLE_ORDER=${TABLE_ORDER:-simclr barlowtwins simsiam byol moco dino vicreg}  # 
 # Trained eager in the table: compiled, their second epoch was slower on one H200 (commit 5346cb7: Barlow Twins 2.76 s
 # against 2.43 s eager, SimSiam 2.50 s against 2.23 s), and compiling costs about 40 s more.
 TABLE_EAGER=${TABLE_EAGER:-barlowtwins simsiam}
+# What the table's other methods compile (lightly_benchmark.py --compile): networks, each on its own (SimCLR's
+# committed run), or step, the whole training step as one graph, once PLAN=compile has shown it pays on a GPU.
+TABLE_COMPILE=${TABLE_COMPILE:-networks}
+# PLAN=compile's methods after BYOL (step 4), in order.
+COMPILE_STEP_METHODS=${COMPILE_STEP_METHODS:-moco,dino,vicreg}
 # The kernel profile's methods, the most puzzling first (a call cut short keeps those it finished): BYOL's and MoCo's
 # eager steps cost about twice SimCLR's on one H200 where their targets' forwards predict 1.33x.
 KERNEL_PROFILE_METHODS=${KERNEL_PROFILE_METHODS:-byol,simclr,moco,vicreg,dino,barlowtwins,simsiam}
@@ -151,7 +166,8 @@ table() {
   fi
   local method="" committed=benchmarks/results/gpu-*-cifar10-${TABLE_EPOCHS}epoch
   for candidate in $TABLE_ORDER; do
-    if ! compgen -G "$committed-compile-$candidate" >/dev/null && ! compgen -G "$committed-$candidate" >/dev/null; then
+    if ! compgen -G "$committed-compile-$candidate" >/dev/null && ! compgen -G "$committed-compile-step-$candidate" \
+        >/dev/null && ! compgen -G "$committed-$candidate" >/dev/null; then
       method=$candidate
       break
     fi
@@ -160,9 +176,11 @@ table() {
     echo "== every method of TABLE_ORDER ($TABLE_ORDER) has a committed ${TABLE_EPOCHS}-epoch result"
     return
   fi
-  local compile=--compile
-  case " $TABLE_EAGER " in *" $method "*) compile="" ;; esac
-  bench "gpu-cifar10-${TABLE_EPOCHS}epoch${compile:+-compile}-$method" $(( $(left) - 5 )) \
+  local compile="--compile $TABLE_COMPILE" suffix=-compile
+  [ "$TABLE_COMPILE" = step ] && suffix=-compile-step
+  case " $TABLE_EAGER " in *" $method "*) compile="" suffix="" ;; esac
+  # shellcheck disable=SC2086
+  bench "gpu-cifar10-${TABLE_EPOCHS}epoch$suffix-$method" $(( $(left) - 5 )) \
     --loader device --methods "$method" --epochs "$TABLE_EPOCHS" $compile
 }
 
@@ -323,24 +341,64 @@ PY
   fi
 }
 
+compile_step() {
+  local reserve=0  # the eager kernel profile's time, while one is due
+  kernel_profile_due && reserve=$KERNEL_PROFILE_S
+  bench gpu-cifar10-device-compile-step-2epoch 150 --loader device --methods byol --epochs 2 --compile step
+  bench gpu-cifar10-device-compile-step-cudagraphs-2epoch 150 --loader device --methods byol --epochs 2 \
+    --compile step --compile-mode reduce-overhead
+  kernel_profile_run gpu-kernel-profile-compile-step 90 --methods byol,simclr --compile step
+  # The faster of 1 and 2 by BYOL's second epoch (the first one compiles) for the other methods.
+  local mode
+  mode=$("$PY" - "$results" <<'PY'
+import json, sys
+from pathlib import Path
+
+seconds = {}
+for stage, mode in (("gpu-cifar10-device-compile-step-2epoch", "default"),
+                    ("gpu-cifar10-device-compile-step-cudagraphs-2epoch", "reduce-overhead")):
+    try:
+        byol = {r["method"]: r for r in json.loads((Path(sys.argv[1]) / stage / "results.json").read_text())["results"]}
+        seconds[mode] = byol["byol"]["per_epoch"][-1]["train_seconds"]
+    except Exception as error:  # that stage failed or was cut short: not a candidate
+        print(f"{stage}: {error!r}", file=sys.stderr)
+print(min(seconds, key=seconds.get) if seconds else "default")
+PY
+  )
+  # Into the faster stage's folder, beside BYOL's row (a run of the same setup adds its methods to --out).
+  local stage=gpu-cifar10-device-compile-step-2epoch
+  [ "$mode" = reduce-overhead ] && stage=gpu-cifar10-device-compile-step-cudagraphs-2epoch
+  local limit=$(( $(left) - reserve - 10 ))
+  if [ "$limit" -ge 60 ]; then
+    bench "$stage" "$limit" --loader device --methods "$COMPILE_STEP_METHODS" --epochs 2 --compile step \
+      --compile-mode "$mode"
+  else
+    echo "== $COMPILE_STEP_METHODS skipped: $(left)s left"
+  fi
+}
+
 kernel_profile_due() {  # once per engine: until a profile is committed; always after a change (PLAN=speed)
   [ "$PLAN" = speed ] || ! compgen -G "benchmarks/results/gpu-*-kernel-profile" >/dev/null
 }
 
-kernel_profile() {  # where each method's step spends the device's time
-  kernel_profile_due || return 0
-  local limit=$(( $(left) - 5 ))
-  [ "$limit" -gt "$KERNEL_PROFILE_S" ] && limit=$KERNEL_PROFILE_S
+kernel_profile_run() {  # kernel_profile_run NAME MAX_S ARGS...: one kernel_profile.py run into $results/NAME
+  local name=$1 limit=$(( $(left) - 5 ))
+  [ "$limit" -gt "$2" ] && limit=$2
+  shift 2
   if [ "$limit" -lt 25 ]; then
-    echo "== kernel profile skipped: $(left)s left"
+    echo "== $name skipped: $(left)s left"
     return
   fi
-  echo "== gpu-kernel-profile (timeout ${limit}s, $(left)s left)"
+  echo "== $name (timeout ${limit}s, $(left)s left)"
   # shellcheck disable=SC2086
-  timeout "$limit" "$PY" benchmarks/kernel_profile.py --methods "$KERNEL_PROFILE_METHODS" \
-    --out "$results/gpu-kernel-profile" $KERNEL_PROFILE_ARGS
-  echo "== gpu-kernel-profile exit $? (124: timed out; the methods before it are kept)"
+  timeout "$limit" "$PY" benchmarks/kernel_profile.py --out "$results/$name" "$@" $KERNEL_PROFILE_ARGS
+  echo "== $name exit $? (124: timed out; the methods before it are kept)"
   pack
+}
+
+kernel_profile() {  # where each method's eager step spends the device's time
+  kernel_profile_due || return 0
+  kernel_profile_run gpu-kernel-profile "$KERNEL_PROFILE_S" --methods "$KERNEL_PROFILE_METHODS"
 }
 
 cuda_tests() {
@@ -369,6 +427,7 @@ cuda_tests() {
 if [ "$PLAN" = auto ]; then
   if ! compgen -G "benchmarks/results/gpu-*-accuracy-device-*" >/dev/null; then PLAN=accuracy
   elif ! compgen -G "benchmarks/results/gpu-*-accuracy-long-*" >/dev/null; then PLAN=accuracy-long
+  elif ! compgen -G "benchmarks/results/gpu-*-device-compile-step-2epoch" >/dev/null; then PLAN=compile
   elif ! compgen -G "benchmarks/results/gpu-*-cifar10-distillation" >/dev/null; then PLAN=distillation
   else PLAN=table; fi
   echo "== PLAN=auto: $PLAN"
@@ -379,7 +438,8 @@ case "$PLAN" in
   distillation) distillation ;;
   table) table ;;
   speed) speed ;;
-  *) echo "PLAN must be auto, accuracy, accuracy-long, distillation, table or speed, not $PLAN" >&2; exit 2 ;;
+  compile) compile_step ;;
+  *) echo "PLAN must be auto, accuracy, accuracy-long, compile, distillation, table or speed, not $PLAN" >&2; exit 2 ;;
 esac
 kernel_profile
 cuda_tests
