@@ -211,3 +211,11 @@ def test_a_checkpoint_waits_for_its_interval_and_the_last_epoch_always_writes_on
     assert checkpointed_epochs(dataset, tmp_path / "paused", interval_s=2.0, pause_after_epoch=1)[1:] == [2, 3]
     with pytest.raises(ValueError, match="checkpoint_interval_s must be >= 0"):
         dataclasses.replace(make_config(epochs=1), checkpoint_interval_s=-1.0)
+
+
+def test_compile_takes_a_scope_and_a_mode_of_torch_compile():
+    """``compile`` names what is compiled, not a bool: True would read as a scope and fail late."""
+    with pytest.raises(ValueError, match=r"compile must be one of off, networks, step; got True"):
+        dataclasses.replace(make_config(epochs=1), compile=True)
+    with pytest.raises(ValueError, match=r"compile_mode must be None or one of default, reduce-overhead.*got 'fast'"):
+        dataclasses.replace(make_config(epochs=1), compile="step", compile_mode="fast")
