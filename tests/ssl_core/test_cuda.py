@@ -6,6 +6,7 @@ with the time left after its benchmark; ``benchmarks/README.md`` says how.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,22 @@ def test_ema_update_on_the_gpu_is_the_per_tensor_update() -> None:
     ema_update(online, target, 0.996)
     for new, want in zip(target.parameters(), expected, strict=True):
         torch.testing.assert_close(new, want, rtol=1e-6, atol=1e-7)
+
+
+# Last in the file: compiling takes the GPU machine tens of seconds, and a call short of time keeps the tests above.
+@pytest.mark.parametrize("name", ["byol", "distillation"])
+def test_a_whole_step_replayed_as_cuda_graphs_trains_like_eager(name: str, tmp_path: Path) -> None:
+    """``compile="step"`` with ``reduce-overhead``: the step captured once as CUDA graphs and replayed, with the
+    parameters the optimizer and the EMA change in place between replays, the BatchNorm statistics and the queue the
+    step writes, and distillation's mixup drawn inside the graph. In fp32, the weights of eager's up to rounding."""
+    config = dataclasses.replace(device_path_config(build(name), "cuda"), precision="fp32")
+    eager = build(name)
+    train(eager, gpu_images(eager), config, tmp_path / "eager")
+    graphed = build(name)
+    graphed_config = dataclasses.replace(config, compile="step", compile_mode="reduce-overhead")
+    train(graphed, gpu_images(graphed), graphed_config, tmp_path / "graphed")
+    expected = eager.state_dict()
+    for key, value in graphed.state_dict().items():
+        torch.testing.assert_close(
+            value, expected[key], atol=5e-3, rtol=5e-3, msg=lambda detail, key=key: f"{name}: {key}: {detail}"
+        )
