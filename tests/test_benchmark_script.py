@@ -242,7 +242,14 @@ def test_dino_trains_on_the_crops_of_lightlys_benchmark(dataset: str, views: int
 )
 def test_optimizer_is_the_methods_own_unless_named(method: str, option: str, optimizer: str) -> None:
     """``--optimizer auto`` trains each method as the product does; ``sgd`` reproduces the lightly recipe."""
-    settings = {"device": "cpu", "precision": "fp32", "num_workers": 0, "compile": False, "optimizer": option}
+    settings = {
+        "device": "cpu",
+        "precision": "fp32",
+        "num_workers": 0,
+        "compile": "off",
+        "compile_mode": None,
+        "optimizer": option,
+    }
     args = argparse.Namespace(lr=None, batch_size=512, epochs=1, seed=0, **settings)
     config = lightly_benchmark.train_config(args, method)
     assert config.optimizer == optimizer
