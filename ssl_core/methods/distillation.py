@@ -136,4 +136,7 @@ def mixup(images: torch.Tensor) -> torch.Tensor:
     # lambda stays a tensor on the images' device: reading it on the host would make a GPU step wait.
     lam = torch.rand((), device=images.device)
     permutation = torch.randperm(images.shape[0], device=images.device)
-    return lam * images + (1.0 - lam) * images[permutation]
+    # The permuted batch by gather, not images[permutation] (the same pixels): torch 2.11's inductor, the GPU
+    # machine's, fails to compile x[randperm(len(x))] in a compiled step (its randperm-index pattern; 2.14 does not).
+    shuffled = images.gather(0, permutation.view(-1, 1, 1, 1).expand_as(images))
+    return lam * images + (1.0 - lam) * shuffled
