@@ -18,7 +18,7 @@ from ssl_core.methods import METHOD_NAMES
 from ssl_core.methods.base import SSLMethod
 from ssl_core.momentum import ema_update
 from ssl_core.optimizers import build_optimizer
-from tests.ssl_core.test_every_method_trains import Interrupt, build
+from tests.ssl_core.test_every_method_trains import Interrupt, assert_trains_like, build
 from tests.ssl_core.test_momentum import moved_copy, per_tensor_update
 from tests.ssl_core.test_no_host_sync import device_path_config, device_path_images, inside_the_watched_steps
 from tests.ssl_core.tiny import tiny_backbone
@@ -124,8 +124,4 @@ def test_a_whole_step_replayed_as_cuda_graphs_trains_like_eager(name: str, tmp_p
     graphed = build(name)
     graphed_config = dataclasses.replace(config, compile="step", compile_mode="reduce-overhead")
     train(graphed, gpu_images(graphed), graphed_config, tmp_path / "graphed")
-    expected = eager.state_dict()
-    for key, value in graphed.state_dict().items():
-        torch.testing.assert_close(
-            value, expected[key], atol=5e-3, rtol=5e-3, msg=lambda detail, key=key: f"{name}: {key}: {detail}"
-        )
+    assert_trains_like(graphed, eager, tolerance=5e-3, label=name)

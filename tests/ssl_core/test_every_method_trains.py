@@ -76,6 +76,16 @@ def config(epochs: int) -> TrainConfig:
     )
 
 
+def assert_trains_like(actual: SSLMethod, expected: SSLMethod, tolerance: float, label: str) -> None:
+    """``actual`` ends with ``expected``'s checkpoint keys and, within ``tolerance``, its weights and buffers."""
+    want = expected.state_dict()
+    assert actual.state_dict().keys() == want.keys()
+    for key, value in actual.state_dict().items():
+        torch.testing.assert_close(
+            value, want[key], atol=tolerance, rtol=tolerance, msg=lambda detail, key=key: f"{label}: {key}: {detail}"
+        )
+
+
 class Interrupt(Exception):
     pass
 
@@ -117,12 +127,7 @@ def test_compiling_covers_the_second_network_and_trains_like_eager(
     train(compiled, data, dataclasses.replace(config(epochs=1), compile="networks"), tmp_path / "compiled")
     for network in compiled.compiled_networks:
         assert getattr(compiled, network)._compiled_call_impl is not None, network
-    expected = eager.state_dict()
-    assert compiled.state_dict().keys() == expected.keys()
-    for key, value in compiled.state_dict().items():
-        torch.testing.assert_close(
-            value, expected[key], atol=1e-4, rtol=1e-4, msg=lambda detail, key=key: f"{name}: {key}: {detail}"
-        )
+    assert_trains_like(compiled, eager, tolerance=1e-4, label=name)
 
 
 # What a compiled step has to carry beyond SimCLR's plain forward and loss (whose compiled step
@@ -154,12 +159,7 @@ def test_compiling_the_whole_step_makes_one_graph_that_trains_like_eager(
     assert compiled._compiled_call_impl is not None
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert counters["frames"]["ok"] == 1, dict(counters["frames"])  # one graph, never recompiled
-    expected = eager.state_dict()
-    assert compiled.state_dict().keys() == expected.keys()
-    for key, value in compiled.state_dict().items():
-        torch.testing.assert_close(
-            value, expected[key], atol=1e-3, rtol=1e-3, msg=lambda detail, key=key: f"{name}: {key}: {detail}"
-        )
+    assert_trains_like(compiled, eager, tolerance=1e-3, label=name)
 
 
 class ConstantEmbedding(SSLMethod):
