@@ -17,6 +17,11 @@ order across it):
   ``[-h, h]``, in an order drawn per image (``ColorJitter``'s ``randperm(4)``);
 - grayscale, Gaussian blur (sigma uniform in [0.1, 2], reflect padding), solarization.
 
+All of a view's random parameters are functions of one (B, n) block of uniform draws
+(:func:`view_uniforms`, one ``torch.rand`` per view spec); the rest is arithmetic, which
+``torch.compile`` fuses with the rendering (:meth:`BatchViews.compile`), so a compiled
+view launches one kernel for its randomness rather than one per parameter.
+
 Known differences from the PIL path: it works on floats, so nothing is rounded to
 uint8 between the steps, and crops are resized bilinearly even where the spec asks
 for bicubic (DINO's crops). ``tests/ssl_core/test_batch_augment.py`` compares the
@@ -42,44 +47,88 @@ LUMA = (0.299, 0.587, 0.114)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
-def uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    """Uniform draws in [low, high) on the generator's device."""
-    return torch.rand(shape, generator=generator, device=generator.device) * (high - low) + low
+class Uniforms:
+    """A (B, n) block of uniform [0, 1) draws, one row per image, handed out a few columns at a time.
+
+    All of a view's random parameters are functions of one such block, drawn in one call
+    (:func:`view_uniforms`): the functions are pure tensor arithmetic, so ``torch.compile``
+    fuses them into the rendering, and the only kernel left outside the graph is the draw.
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+        self.taken = 0
+
+    def take(self, columns: int) -> torch.Tensor:
+        """The next ``columns`` columns, (B, columns)."""
+        if self.taken + columns > self.values.shape[1]:
+            raise ValueError(f"{self.values.shape[1]} uniform draws per image are too few: {self.taken + columns} used")
+        block = self.values[:, self.taken : self.taken + columns]
+        self.taken += columns
+        return block
+
+    def uniform(self, low: float, high: float) -> torch.Tensor:
+        """(B,) draws uniform in [low, high), from the next column."""
+        return self.take(1).squeeze(1) * (high - low) + low
+
+    def bernoulli(self, p: float) -> torch.Tensor:
+        """(B,) booleans, each True with probability ``p`` (as ``torch.rand(1) < p`` in torchvision)."""
+        return self.take(1).squeeze(1) < p
+
+    def check_all_taken(self) -> None:
+        """Raises if columns were left over: the count of :func:`view_uniform_count` and the decoding disagree."""
+        if self.taken != self.values.shape[1]:
+            raise ValueError(f"{self.values.shape[1]} uniform draws per image, {self.taken} used")
 
 
-def bernoulli(count: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """(count,) booleans, each True with probability ``p`` (as ``torch.rand(1) < p`` in torchvision)."""
-    return torch.rand(count, generator=generator, device=generator.device) < p
+def uniform_block(count: int, columns: int, generator: torch.Generator) -> torch.Tensor:
+    """(count, columns) uniform draws on the generator's device, in one kernel.
+
+    Drawn a column at a time (the transpose of a (columns, count) draw): a spec with one more step at the end
+    draws the same parameters for the steps before it, so two specs can be compared view for view.
+    """
+    return torch.rand((columns, count), generator=generator, device=generator.device).T
 
 
-def crop_boxes(
-    count: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator
-) -> torch.Tensor:
-    """(count, 4) crop boxes ``(top, left, height, width)`` drawn by RandomResizedCrop's law, one per image.
+def draw_uniforms(count: int, columns: int, generator: torch.Generator) -> Uniforms:
+    """:func:`uniform_block`, ready to be handed out."""
+    return Uniforms(uniform_block(count, columns, generator))
+
+
+# Per image: CROP_TRIES area fractions and as many aspect ratios, then the top and left edges.
+CROP_UNIFORMS = 2 * CROP_TRIES + 2
+
+
+def crop_boxes_from(uniforms: Uniforms, height: int, width: int, scale: tuple[float, float]) -> torch.Tensor:
+    """(B, 4) crop boxes ``(top, left, height, width)`` by RandomResizedCrop's law, from CROP_UNIFORMS columns.
 
     All ``CROP_TRIES`` tries are drawn at once; each image keeps its first one that
     fits, and an image with none gets the whole image (its aspect ratio, 1 for
     the square images stored here, lies inside ``CROP_RATIO``).
     """
     area = height * width
-    target_area = area * uniform((count, CROP_TRIES), scale[0], scale[1], generator)
-    log_ratio = uniform((count, CROP_TRIES), math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), generator)
-    ratio = log_ratio.exp()
+    target_area = area * (uniforms.take(CROP_TRIES) * (scale[1] - scale[0]) + scale[0])
+    log_low, log_high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = (uniforms.take(CROP_TRIES) * (log_high - log_low) + log_low).exp()
     crop_w = (target_area * ratio).sqrt().round()
     crop_h = (target_area / ratio).sqrt().round()
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
     first = fits.int().argmax(dim=1, keepdim=True)  # index of the first try that fits (0 if none)
     any_fits = fits.any(dim=1)
-    crop_w = torch.where(
-        any_fits, crop_w.gather(1, first).squeeze(1), torch.full_like(any_fits, width, dtype=ratio.dtype)
-    )
-    crop_h = torch.where(
-        any_fits, crop_h.gather(1, first).squeeze(1), torch.full_like(any_fits, height, dtype=ratio.dtype)
-    )
+    crop_w = torch.where(any_fits, crop_w.gather(1, first).squeeze(1), torch.full_like(ratio[:, 0], width))
+    crop_h = torch.where(any_fits, crop_h.gather(1, first).squeeze(1), torch.full_like(ratio[:, 0], height))
     # torch.randint(0, n + 1) per image, as a floor of a uniform draw.
-    top = (torch.rand(count, generator=generator, device=generator.device) * (height - crop_h + 1)).floor()
-    left = (torch.rand(count, generator=generator, device=generator.device) * (width - crop_w + 1)).floor()
+    top = (uniforms.take(1).squeeze(1) * (height - crop_h + 1)).floor()
+    left = (uniforms.take(1).squeeze(1) * (width - crop_w + 1)).floor()
     return torch.stack([top, left, crop_h, crop_w], dim=1)
+
+
+def crop_boxes(
+    count: int, height: int, width: int, scale: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
+    """(count, 4) crop boxes ``(top, left, height, width)`` drawn by RandomResizedCrop's law, one per image."""
+    uniforms = draw_uniforms(count, CROP_UNIFORMS, generator)
+    return crop_boxes_from(uniforms, height, width, scale)
 
 
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -151,17 +200,19 @@ class JitterDraws:
     hue_shift: torch.Tensor  # (B,): a fraction of the color wheel
 
 
-def draw_color_jitter(
-    count: int, strengths: tuple[float, float, float, float], p: float, generator: torch.Generator
-) -> JitterDraws:
-    """torchvision's ``RandomApply([ColorJitter(*strengths)], p)`` parameters for ``count`` images.
+# Per image: whether it applies, four keys whose order is the operations' order, three factors, the hue shift.
+JITTER_UNIFORMS = 1 + 4 + 3 + 1
+
+
+def color_jitter_from(uniforms: Uniforms, strengths: tuple[float, float, float, float], p: float) -> JitterDraws:
+    """torchvision's ``RandomApply([ColorJitter(*strengths)], p)`` parameters, from JITTER_UNIFORMS columns.
 
     Factors are uniform in ``[max(0, 1 - x), 1 + x]``, the hue shift in ``[-h, h]``.
     """
-    applied = bernoulli(count, p, generator)
-    order = torch.rand((count, 4), generator=generator, device=generator.device).argsort(dim=1)  # randperm(4) per image
-    factors = [uniform((count,), max(0.0, 1 - strength), 1 + strength, generator) for strength in strengths[:3]]
-    hue_shift = uniform((count,), -strengths[3], strengths[3], generator)
+    applied = uniforms.bernoulli(p)
+    order = uniforms.take(4).argsort(dim=1)  # randperm(4) per image: the ranks of four uniform keys
+    factors = [uniforms.uniform(max(0.0, 1 - strength), 1 + strength) for strength in strengths[:3]]
+    hue_shift = uniforms.uniform(-strengths[3], strengths[3])
     return JitterDraws(applied, order, torch.stack(factors, dim=1), hue_shift)
 
 
@@ -197,13 +248,19 @@ def color_jitter(
     images: torch.Tensor, strengths: tuple[float, float, float, float], p: float, generator: torch.Generator
 ) -> torch.Tensor:
     """torchvision's ``RandomApply([ColorJitter(*strengths)], p)``, with factors and order drawn per image."""
-    return apply_color_jitter(images, strengths, draw_color_jitter(len(images), strengths, p, generator))
+    draws = color_jitter_from(draw_uniforms(len(images), JITTER_UNIFORMS, generator), strengths, p)
+    return apply_color_jitter(images, strengths, draws)
 
 
-def blur_sigmas(count: int, p: float, generator: torch.Generator) -> torch.Tensor:
+# Per image: whether it is blurred, and its sigma.
+BLUR_UNIFORMS = 2
+
+
+def blur_sigmas_from(uniforms: Uniforms, p: float) -> torch.Tensor:
     """Per-image sigma of ``RandomApply([GaussianBlur(k, BLUR_SIGMA)], p)``: uniform in BLUR_SIGMA, 0 = not blurred."""
-    blurred = bernoulli(count, p, generator)
-    return torch.where(blurred, uniform((count,), *BLUR_SIGMA, generator), torch.zeros(count, device=blurred.device))
+    blurred = uniforms.bernoulli(p)
+    sigma = uniforms.uniform(*BLUR_SIGMA)
+    return torch.where(blurred, sigma, torch.zeros_like(sigma))
 
 
 def apply_gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
@@ -221,11 +278,6 @@ def apply_gaussian_blur(images: torch.Tensor, kernel_size: int, sigma: torch.Ten
     return torch.where((sigma > 0).view(-1, 1, 1, 1), flat.view(count, channels, height, width), images)
 
 
-def gaussian_blur(images: torch.Tensor, kernel_size: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    """torchvision's ``RandomApply([GaussianBlur(kernel_size, BLUR_SIGMA)], p)`` with sigma drawn per image."""
-    return apply_gaussian_blur(images, kernel_size, blur_sigmas(len(images), p, generator))
-
-
 @dataclass(frozen=True)
 class ViewDraws:
     """Every random parameter of one view of each image of a batch; None where the spec skips the step."""
@@ -238,15 +290,40 @@ class ViewDraws:
     solarized: torch.Tensor | None  # (B,) bool
 
 
-def draw_view(count: int, height: int, width: int, spec: ViewSpec, generator: torch.Generator) -> ViewDraws:
-    """Draws a view's parameters for ``count`` images, in the order the steps apply them."""
-    boxes = crop_boxes(count, height, width, spec.crop_scale, generator)
-    flipped = bernoulli(count, spec.flip_prob, generator)
-    jitter = draw_color_jitter(count, spec.jitter, spec.jitter_prob, generator) if spec.has_jitter else None
-    gray = bernoulli(count, spec.grayscale_prob, generator) if spec.grayscale_prob > 0 else None
-    sigma = blur_sigmas(count, spec.blur_prob, generator) if spec.blur_prob > 0 else None
-    solarized = bernoulli(count, spec.solarize_prob, generator) if spec.solarize_prob > 0 else None
+def view_uniform_count(spec: ViewSpec) -> int:
+    """How many uniform draws per image :func:`view_draws_from` decodes for ``spec``."""
+    count = CROP_UNIFORMS + 1  # the crop, the flip
+    count += JITTER_UNIFORMS if spec.has_jitter else 0
+    count += 1 if spec.grayscale_prob > 0 else 0
+    count += BLUR_UNIFORMS if spec.blur_prob > 0 else 0
+    count += 1 if spec.solarize_prob > 0 else 0
+    return count
+
+
+def view_uniforms(count: int, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:
+    """(count, :func:`view_uniform_count`) uniform draws: all a view's randomness, in one kernel."""
+    return uniform_block(count, view_uniform_count(spec), generator)
+
+
+def view_draws_from(uniforms: torch.Tensor, height: int, width: int, spec: ViewSpec) -> ViewDraws:
+    """A view's parameters for each row of :func:`view_uniforms`, in the order the steps apply them.
+
+    Pure tensor arithmetic on the draws (no generator), so it compiles with the rendering.
+    """
+    columns = Uniforms(uniforms)
+    boxes = crop_boxes_from(columns, height, width, spec.crop_scale)
+    flipped = columns.bernoulli(spec.flip_prob)
+    jitter = color_jitter_from(columns, spec.jitter, spec.jitter_prob) if spec.has_jitter else None
+    gray = columns.bernoulli(spec.grayscale_prob) if spec.grayscale_prob > 0 else None
+    sigma = blur_sigmas_from(columns, spec.blur_prob) if spec.blur_prob > 0 else None
+    solarized = columns.bernoulli(spec.solarize_prob) if spec.solarize_prob > 0 else None
+    columns.check_all_taken()
     return ViewDraws(boxes, flipped, jitter, gray, sigma, solarized)
+
+
+def draw_view(count: int, height: int, width: int, spec: ViewSpec, generator: torch.Generator) -> ViewDraws:
+    """Draws a view's parameters for ``count`` images of ``height`` x ``width``."""
+    return view_draws_from(view_uniforms(count, spec, generator), height, width, spec)
 
 
 def apply_view(images: torch.Tensor, spec: ViewSpec, draws: ViewDraws) -> torch.Tensor:
@@ -276,10 +353,11 @@ def render_view(images: torch.Tensor, spec: ViewSpec, generator: torch.Generator
 
 
 def normalized_view(
-    images: torch.Tensor, spec: ViewSpec, draws: ViewDraws, mean: torch.Tensor, std: torch.Tensor
+    images: torch.Tensor, spec: ViewSpec, uniforms: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
-    """:func:`apply_view`, normalized: what :class:`BatchViews` compiles."""
-    return (apply_view(images, spec, draws) - mean) / std
+    """The views that ``uniforms`` (:func:`view_uniforms`) draw, normalized: what :class:`BatchViews` compiles."""
+    _, _, height, width = images.shape
+    return (apply_view(images, spec, view_draws_from(uniforms, height, width, spec)) - mean) / std
 
 
 class BatchViews:
@@ -299,10 +377,11 @@ class BatchViews:
         self._mean_std: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def compile(self, mode: str | None = None) -> None:
-        """Renders through ``torch.compile``: the drawn views' dozens of elementwise steps become a few kernels.
+        """Renders through ``torch.compile``: turning the draws into parameters and the views' dozens of
+        elementwise steps become a few kernels.
 
-        The random draws stay eager (a compiled graph cannot take a ``torch.Generator``),
-        so the views are the same as uncompiled, up to float rounding. ``mode`` is
+        Only the draw itself stays eager, one ``torch.rand`` per spec (a compiled graph cannot take a
+        ``torch.Generator``), so the views are the same as uncompiled, up to float rounding. ``mode`` is
         ``torch.compile``'s (``"reduce-overhead"`` replays CUDA graphs).
         """
         self._render = torch.compile(normalized_view, dynamic=False, mode=mode)
@@ -319,11 +398,10 @@ class BatchViews:
         for position, spec in enumerate(self.specs):
             positions.setdefault(spec, []).append(position)
         views: list[torch.Tensor] = [images] * len(self.specs)  # placeholders, all replaced below
-        _, _, height, width = images.shape
         for spec, same in positions.items():
             copies = images.repeat(len(same), 1, 1, 1) if len(same) > 1 else images
-            draws = draw_view(len(copies), height, width, spec, generator)
-            rendered = self._render(copies, spec, draws, mean, std)
+            uniforms = view_uniforms(len(copies), spec, generator)
+            rendered = self._render(copies, spec, uniforms, mean, std)
             for position, view in zip(same, rendered.split(len(images)), strict=True):
                 views[position] = view
         return views

@@ -69,6 +69,13 @@ def test_profiles_every_phase_of_the_engines_step(tmp_path) -> None:
     assert by_method["byol"]["host_ops_per_step"] > 1.5 * by_method["simclr"]["host_ops_per_step"]
     # Every range of the engine was recorded: a renamed one would read 0 here.
     assert all(ms > 0 for ms in by_method["byol"]["phase_ms"].values()), by_method["byol"]["phase_ms"]
+    # Every operator counted once, in the phase that ran it; BYOL's two backward graphs against SimCLR's one.
+    for result in by_method.values():
+        by_phase = result["host_ops_by_phase"]
+        assert sum(by_phase.values()) == pytest.approx(result["host_ops_per_step"])
+        assert all(by_phase[phase] > 0 for phase in ("views", "forward", "backward", "optimizer")), by_phase
+    byol_backward, simclr_backward = (by_method[m]["host_ops_by_phase"]["backward"] for m in ("byol", "simclr"))
+    assert byol_backward > 1.5 * simclr_backward
 
     def calls(method: str, operator: str) -> int:
         table = (tmp_path / f"{method}-operators.md").read_text()
