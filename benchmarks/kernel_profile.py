@@ -19,7 +19,8 @@ start with the host ahead of the device as in training). Per method, in ``result
   launch-bound step shows here, not in the busy time);
 - ``host_ops_per_step``: the operators the host dispatches per step (the innermost ones), and on a GPU
   ``device_ops_per_step``: the kernels, copies and sets it runs; each costs the host microseconds
-  however small it is, so thousands per step can keep a fast device waiting;
+  however small it is, so thousands per step can keep a fast device waiting; ``host_ops_by_phase``
+  splits the first by phase;
 - ``phase_ms``: device time per step of each part of the step (``ssl_core.engine.STEP_PHASES``:
   rendering the views, forward, backward, optimizer, after the step (the EMA of the momentum methods),
   the epoch's running statistics);
@@ -122,6 +123,16 @@ class StepClock:
         return (self.after_step[last] - self.after_step[first]) * 1e3 / (last - first)
 
 
+def enclosing_phase(event: object) -> str:
+    """The step phase (``ssl:<phase>`` range) an operator ran in; ``outside`` for the loop's own work."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("ssl:"):
+            return parent.name.removeprefix("ssl:")
+        parent = parent.cpu_parent
+    return "outside"
+
+
 def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
     """Per-step figures of the profiled window, and every operator's row, most device time first.
 
@@ -165,9 +176,14 @@ def summarize(profiler: profile, steps: int) -> tuple[dict, list[dict]]:
     # The host's share of a step: every operator it dispatches, down to the innermost (on a GPU most of
     # these launch a kernel, each costing the host microseconds whatever the kernel's size).
     dispatched = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+    innermost = [e for e in dispatched if not e.cpu_children]
+    by_phase = {name: 0.0 for name in (*STEP_PHASES, "outside")}
+    for event in innermost:
+        by_phase[enclosing_phase(event)] += 1 / steps
     figures = {
         "clock": "device" if on_device else "host",
-        "host_ops_per_step": sum(1 for e in dispatched if not e.cpu_children) / steps,
+        "host_ops_per_step": len(innermost) / steps,
+        "host_ops_by_phase": by_phase,
         "phase_ms": phases,
         "operator_ms": groups,
         "conv_forward_tflops": conv_flops / (conv_us * 1e-6) / 1e12 if conv_us > 0 and conv_flops > 0 else None,
@@ -269,6 +285,17 @@ def markdown(header: dict, results: list[dict]) -> str:
             f"{cell(r['host_ops_per_step'], '{:,.0f}')} | {cell(r.get('device_ops_per_step'), '{:,.0f}')} | "
             f"{phase_cells} |"
         )
+    ops_phases = (*STEP_PHASES, "outside")
+    lines += [
+        "",
+        "Host operators per step by phase (`outside`: the loop's own, between the phases):",
+        "",
+        "| method | " + " | ".join(ops_phases) + " |",
+        "|---|" + "---|" * len(ops_phases),
+    ]
+    for r in results:
+        by_phase = r.get("host_ops_by_phase", {})  # absent from results written before it was counted
+        lines.append(f"| {r['method']} | " + " | ".join(cell(by_phase.get(p), "{:,.0f}") for p in ops_phases) + " |")
     lines += [
         "",
         "Self time by operator group, ms per step, and the forward convolutions' achieved TFLOP/s:",
