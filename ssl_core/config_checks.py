@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# Numeric precisions of training and embedding (ssl_core.precision.autocast).
+# Numeric precisions of training and embedding (ssl_core.precision.autocast), and what a setting may
+# also say: "auto", bf16-mixed where the device computes bf16 natively, else fp32 (resolve_precision).
 PRECISIONS = ("fp32", "bf16-mixed")
+PRECISION_SETTINGS = ("auto", *PRECISIONS)
 
 
 def require_positive(config: Any, *names: str) -> None:

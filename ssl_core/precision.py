@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -10,7 +11,12 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
-from ssl_core.config_checks import PRECISIONS
+from ssl_core.config_checks import PRECISION_SETTINGS, PRECISIONS
+
+logger = logging.getLogger(__name__)
+
+# The first CUDA compute capability with bf16 tensor cores (Ampere); cuDNN has no bf16 convolutions before it.
+BF16_CUDA_CAPABILITY = (8, 0)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -18,6 +24,69 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively, so that bf16 autocast beats fp32 there.
+
+    CUDA: compute capability 8.0 or newer (A100, L4, RTX 30xx and later; not a T4 or V100, where
+    cuDNN has no bf16 convolutions). CPU: AVX512-BF16 or AMX. Without them oneDNN emulates bf16: a
+    training step of the CIFAR ResNet-18 took 2.4x fp32's time with AVX-512 alone and 14x with AVX2
+    alone, most laptops' instructions (``benchmarks/results/cpu-precision-isa``). Other devices: False.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= BF16_CUDA_CAPABILITY
+    if device.type == "cpu":
+        return _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
+    return False
+
+
+def _cpu_has(check: str) -> bool:
+    """One of ``torch.cpu``'s instruction checks (private, so a torch without it counts as False)."""
+    return bool(getattr(torch.cpu, check, lambda: False)())
+
+
+def unsupported_precision(setting: str, device: torch.device) -> str | None:
+    """Why ``setting`` cannot run on ``device`` (an unknown setting, or bf16-mixed on a GPU without
+    bf16 convolutions), or None where it can."""
+    if setting not in PRECISION_SETTINGS:
+        return f"choose one of {', '.join(repr(p) for p in PRECISION_SETTINGS)}"
+    if setting == "bf16-mixed" and device.type == "cuda" and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        return (
+            f"bf16-mixed needs a GPU of compute capability 8.0 or newer; {torch.cuda.get_device_name(device)} has "
+            f"{major}.{minor}, where cuDNN has no bf16 convolutions: use 'auto' or 'fp32'"
+        )
+    return None
+
+
+# CPUs already warned about an explicit bf16-mixed: a chain resolves the same setting several times.
+_warned_emulated_bf16: set[str] = set()
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """The precision to train or embed with on ``device`` (:data:`PRECISIONS`) for a setting of
+    :data:`PRECISION_SETTINGS`: ``auto`` is bf16-mixed where :func:`native_bf16`, else fp32.
+
+    An explicit bf16-mixed on a CPU without native bf16 runs, emulated, with a warning (once).
+
+    Raises:
+        ValueError: where :func:`unsupported_precision` says why.
+    """
+    problem = unsupported_precision(setting, device)
+    if problem is not None:
+        raise ValueError(f"precision={setting!r}: {problem}")
+    if setting == "auto":
+        return "bf16-mixed" if native_bf16(device) else "fp32"
+    if setting == "bf16-mixed" and device.type == "cpu" and not native_bf16(device):
+        if str(device) not in _warned_emulated_bf16:
+            _warned_emulated_bf16.add(str(device))
+            logger.warning(
+                "precision='bf16-mixed' on a CPU without AVX512-BF16 or AMX: bf16 is emulated there, several "
+                "times slower than fp32 (14x with AVX2 alone, benchmarks/results/cpu-precision-isa); "
+                "'auto' picks fp32 on this CPU."
+            )
+    return setting
 
 
 def autocast(device: str | torch.device, precision: str) -> AbstractContextManager:
