@@ -49,11 +49,15 @@ def run_stage(stage: Stage, params: Params, args: argparse.Namespace) -> None:
 
 def run_all(params: Params, args: argparse.Namespace) -> None:
     """The whole chain in this process, with the default layout."""
+    from ssl_core.precision import resolve_device
+    from tasks.precision import check_precision
     from tasks.pretrain import check_training
 
     # The checks that need torch, before the first stage does any work.
     check_training(params.teacher, "teacher")
     check_training(params.pretrain, "pretrain")
+    for section, settings in (("curate", params.curate), ("evaluate", params.evaluate)):
+        check_precision(section, settings.precision, resolve_device(settings.device))
     started = time.perf_counter()
     for stage in STAGES:
         stage_started = time.perf_counter()

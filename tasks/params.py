@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from ssl_core.config_checks import PRECISIONS
+from ssl_core.config_checks import PRECISION_SETTINGS
 from ssl_core.curation.settings import QUALITY_ISSUES, SELECTION_STRATEGIES, QualityThresholds
 from ssl_core.methods import METHOD_NAMES, RECIPES
 from tasks.errors import UserError
@@ -53,8 +53,8 @@ def _valid_device(value: str) -> str:
 
 
 def _valid_precision(value: str) -> str:
-    if value not in PRECISIONS:
-        raise ValueError(f"must be one of {', '.join(repr(p) for p in PRECISIONS)}")
+    if value not in PRECISION_SETTINGS:
+        raise ValueError(f"must be one of {', '.join(repr(p) for p in PRECISION_SETTINGS)}")
     return value
 
 
@@ -132,7 +132,7 @@ class CurateParams(_Section):
     map_points: int = Field(default=3000, ge=0)  # points on the report's 2-D map; 0 draws none
     batch_size: int = Field(default=256, ge=1)  # for a model embedder
     device: str = "auto"
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # bf16-mixed where the device computes bf16 natively, else fp32
     num_workers: int = Field(default=2, ge=0)  # processes decoding images
 
     _check_device = field_validator("device")(lambda cls, v: _valid_device(v))
@@ -211,7 +211,7 @@ class _TrainingSettings(_Section):
     warmup_epochs: int = Field(default=0, ge=0)
     seed: int = 0
     device: str = "auto"
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # bf16-mixed where the device computes bf16 natively, else fp32
     # torch.compile, and what of the step (ssl_core.engine.COMPILE_SCOPES), always with the device-side
     # view rendering: true or "networks", the method's networks each on its own (the backbone, and a
     # momentum or teacher network beside it); "step", the whole training step as one graph (heads and
@@ -319,7 +319,7 @@ class EvaluateParams(_Section):
     # The random-init baseline uses this seed for its weights.
     baseline_seed: int = 0
     device: str = "auto"
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # bf16-mixed where the device computes bf16 natively, else fp32
     num_workers: int = Field(default=1, ge=0)
 
     _check_device = field_validator("device")(lambda cls, v: _valid_device(v))

@@ -57,6 +57,7 @@ from tasks.errors import UserError
 from tasks.layout import MODEL_FILE, TEACHER_SPEC
 from tasks.live_tracking import LiveRun, training_run
 from tasks.params import DataParams, Params, ParamsError, TrainingParams
+from tasks.precision import check_precision, section_precision
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +162,10 @@ def check_training(training: TrainingParams, section: str) -> None:
     """The checks of a training section that need torch (params.yaml loads without it).
 
     Raises:
-        ParamsError: for a backbone torchvision does not have, or more processes than
-            this machine can train on (:func:`check_processes`), naming the key.
+        ParamsError: for a backbone torchvision does not have, more processes than this machine
+            can train on (:func:`check_processes`), or a precision its device cannot run, naming the key.
     """
+    check_precision(section, training.precision, resolve_device(training.device))
     if training.backbone not in available_backbones():
         raise ParamsError(
             f"{section}.backbone = {training.backbone!r}: not a torchvision classification model; use its "
@@ -279,13 +281,15 @@ def run(
     backbone = build_backbone(training.backbone, data.image_size)
     method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
     train_data = training_data(dataset, method, view_config(trained, training, data), data, training)
-    config = train_config(training, peak_lr(trained, training), trained.chosen_optimizer(training.optimizer))
+    precision = section_precision(section, training.precision, process_device(training.device))
+    config = train_config(training, peak_lr(trained, training), trained.chosen_optimizer(training.optimizer), precision)
     resolved = {
         "training": training.model_dump(mode="json"),  # processes included: it is in the fingerprint
         "data": data.model_dump(mode="json"),
         "lr": config.lr,
         "optimizer": config.optimizer,  # training.optimizer resolved for the method
         "compiled": config.compile,  # training.compile resolved for this machine
+        "precision": precision,  # training.precision resolved for this machine: in the fingerprint
         "teacher": teacher.description if teacher else None,
         # A teacher retrained in place keeps its description: its weights' digest tells the two apart,
         # so a resumed student never goes on distilling from a teacher that is no longer there.
@@ -297,7 +301,7 @@ def run(
         history = train(method, train_data, config, checkpoint_dir, resume=training.resume, fingerprint=fingerprint)
         return PretrainResult(out_dir / MODEL_FILE, history)
 
-    monitor = build_knn_monitor(training, data, ingested, dataset)
+    monitor = build_knn_monitor(training, data, ingested, dataset, precision)
     knn_by_epoch: dict[int, float] = {}
     steps_by_epoch: dict[int, int] = {}
     run_name = f"{training.method}-{training.backbone}" + ("" if section == "pretrain" else f" ({section})")
@@ -367,8 +371,9 @@ def peak_lr(trained: type[SSLMethod], training: TrainingParams) -> float:
     return trained.peak_lr(training.base_lr, training.batch_size * training.processes, scale)
 
 
-def train_config(training: TrainingParams, lr: float, optimizer: str) -> TrainConfig:
-    """The engine's settings: ``training``'s, with the peak ``lr`` and the resolved ``optimizer``."""
+def train_config(training: TrainingParams, lr: float, optimizer: str, precision: str) -> TrainConfig:
+    """The engine's settings: ``training``'s, with the peak ``lr``, and the ``optimizer`` and the ``precision``
+    resolved for the method and the machine."""
     return TrainConfig(
         epochs=training.epochs,
         batch_size=training.batch_size,
@@ -379,7 +384,7 @@ def train_config(training: TrainingParams, lr: float, optimizer: str) -> TrainCo
         warmup_epochs=training.warmup_epochs,
         seed=training.seed,
         device=training.device,
-        precision=training.precision,
+        precision=precision,
         num_workers=training.num_workers,
         compile=compile_scope(training),
     )
@@ -426,9 +431,10 @@ def steps_per_epoch(num_images: int, training: TrainingParams) -> int:
 
 
 def build_knn_monitor(
-    training: TrainingParams, data: DataParams, ingested: Path, train_set: ManifestDataset
+    training: TrainingParams, data: DataParams, ingested: Path, train_set: ManifestDataset, precision: str
 ) -> KnnMonitor | None:
-    """The per-epoch kNN monitor on labeled images (None when it is off or nothing has a label).
+    """The per-epoch kNN monitor on labeled images (None when it is off or nothing has a label), embedding
+    in the training's ``precision``.
 
     Bank: labeled train images. Queries: labeled test images, else other labeled train images.
     """
@@ -452,7 +458,7 @@ def build_knn_monitor(
         return None
     bank_sample = labeled_sample(train_set.load_image, train_labels, bank, data.image_size)
     query_sample = labeled_sample(queries_from.load_image, query_labels, queries, data.image_size)
-    return KnnMonitor(bank_sample, query_sample, len(train_set.class_names), normalization(data), training.precision)
+    return KnnMonitor(bank_sample, query_sample, len(train_set.class_names), normalization(data), precision)
 
 
 def history_record(

@@ -41,6 +41,7 @@ from tasks.curate.report_page import write_report_page
 from tasks.errors import UserError
 from tasks.layout import CURATION_PAGE, CURATION_REPORT, INGEST_REPORT
 from tasks.params import CurateParams
+from tasks.precision import section_precision
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def run(params: CurateParams, train_split: str, test_split: str, ingested: Path,
     """
     records = read_manifest(ingested / MANIFEST_NAME)
     _check_request(params, train_split, records, ingested)
+    device = resolve_device(params.device)
+    precision = section_precision("curate", params.precision, device)  # for a model embedder
     with tempfile.TemporaryDirectory(prefix="curate-") as tmp:
         model_file = resolve_embedder(params.embedder, Path(tmp))
         with tqdm(total=len(records), desc="scan", unit="img", mininterval=1.0) as bar:
@@ -69,9 +72,8 @@ def run(params: CurateParams, train_split: str, test_split: str, ingested: Path,
             embeddings = scan.pixel_embeddings
         else:
             with tqdm(total=len(records), desc="embed", unit="img", mininterval=1.0) as bar:
-                device = str(resolve_device(params.device))
                 embeddings = model_embeddings(
-                    model_file, ingested, params.batch_size, 0, device, params.precision, on_batch=bar.update
+                    model_file, ingested, params.batch_size, 0, str(device), precision, on_batch=bar.update
                 )
     logger.info("Searching neighbours of %d images", len(records))
     findings = find_problems(records, scan, embeddings, params, train_split, test_split)

@@ -44,6 +44,7 @@ from tasks.evaluate.plots import plot_evaluation
 from tasks.labeled_split import LabeledSplit, choose_labeled
 from tasks.layout import CURATION_REPORT, EVALUATION_PLOT, METRICS_FILE, MODEL_FILE
 from tasks.params import EvaluateParams
+from tasks.precision import section_precision
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def run(
     evaluate: EvaluateParams, train_split: str, test_split: str, data: Path, student_dir: Path, out_dir: Path
 ) -> dict:
     """Evaluates the student and a random-init twin; writes metrics.json, per_class.json and evaluation.png."""
+    device = resolve_device(evaluate.device)
+    precision = section_precision("evaluate", evaluate.precision, device)
     backbone, info = load_embedding_model(student_dir / MODEL_FILE)
     transform = eval_transform(info.image_size, info.normalization)
     train = ManifestDataset(data, splits=[train_split], transform=transform)
@@ -101,7 +104,8 @@ def run(
     total = len(models) * (len(train) + (len(test) if embed_test else 0) + 2 * len(views))
     with tqdm(total=total, desc="embed", unit="img", mininterval=1.0) as bar:
         for name, model in models.items():
-            embedded = _embed(model, train, test if embed_test else None, views, evaluate, bar.update)
+            queries = test if embed_test else None
+            embedded = _embed(model, train, queries, views, evaluate, device, precision, bar.update)
             sample = embedded.train[rankme_rows]
             free = label_free_scores(sample, embedded.view_a, embedded.view_b)
             spectra[name] = singular_values(sample)
@@ -152,21 +156,22 @@ def _embed(
     test: ManifestDataset | None,
     views: Subset,
     evaluate: EvaluateParams,
+    device: torch.device,
+    precision: str,
     on_batch: Callable[[int], None],
 ) -> Embeddings:
-    """One model's embeddings of the train split, the test split if given, and two views of ``views``."""
-    device = resolve_device(evaluate.device)
+    """One model's embeddings of the train split, the test split if given, and two views of ``views``, on
+    ``device`` in ``precision``."""
     model.to(device)
 
     def embed(dataset: ManifestDataset) -> torch.Tensor:
-        return compute_embeddings(
-            model, dataset, evaluate.batch_size, evaluate.num_workers, device, evaluate.precision, on_batch
-        )[0]
+        batch_size, workers = evaluate.batch_size, evaluate.num_workers
+        return compute_embeddings(model, dataset, batch_size, workers, device, precision, on_batch)[0]
 
     train_x = embed(train)
     test_x = None if test is None else embed(test)
     view_a, view_b = embed_two_views(
-        model, views, evaluate.batch_size, evaluate.num_workers, device, evaluate.precision, evaluate.seed
+        model, views, evaluate.batch_size, evaluate.num_workers, device, precision, evaluate.seed
     )
     on_batch(2 * len(views))
     return Embeddings(train_x, test_x, view_a, view_b)

@@ -6,6 +6,7 @@ from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from pydantic import ValidationError
 
@@ -85,6 +86,36 @@ def test_pretraining_checks_the_backbone_before_any_work(tmp_path: Path) -> None
         pretrain.run(
             params.teacher, params.data, tmp_path / "no-data", tmp_path / "out", tmp_path / "ckpt", section="teacher"
         )
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_precision_names_key_value_and_choices(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError) as error:
+        load_params(write_params(tmp_path, pretrain={"precision": "fp16"}))
+    assert "pretrain.precision = 'fp16'" in str(error.value) and "'auto'" in str(error.value)
+
+
+@pytest.fixture()
+def t4(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA device 0 says it is a Tesla T4 (compute capability 7.5): no GPU is touched."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+
+
+@pytest.mark.parametrize("section", ["pretrain", "teacher"])
+def test_bf16_on_a_gpu_without_it_is_refused_before_training_naming_the_key(section: str, t4, tmp_path: Path) -> None:
+    params = load_params(write_params(tmp_path, **{section: {"device": "cuda", "precision": "bf16-mixed"}}))
+    with pytest.raises(ParamsError, match=rf"^{section}\.precision = 'bf16-mixed': .*Tesla T4 has 7\.5"):
+        check_training(getattr(params, section), section)
+    check_training(getattr(load_params(write_params(tmp_path, **{section: {"device": "cuda"}})), section), section)
+
+
+def test_the_evaluate_stage_refuses_bf16_on_such_a_gpu_before_reading_anything(t4, tmp_path: Path) -> None:
+    from tasks.evaluate import stage
+
+    params = load_params(write_params(tmp_path, evaluate={"device": "cuda", "precision": "bf16-mixed"}))
+    with pytest.raises(ParamsError, match=r"^evaluate\.precision = 'bf16-mixed'"):
+        stage.run(params.evaluate, "train", "test", tmp_path / "no-data", tmp_path / "no-student", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

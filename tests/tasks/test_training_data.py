@@ -9,10 +9,11 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from ssl_core import device_data
+from ssl_core import device_data, precision
 from ssl_core.augment import MultiView
 from ssl_core.data import ManifestDataset
 from ssl_core.device_data import DeviceImages, fast_path_applies
+from ssl_core.engine import TrainConfig
 from tasks import pretrain
 from tasks.params import parse_params
 from tests.datasets import random_ingested_folder
@@ -30,17 +31,24 @@ class Captured(Exception):
     """Raised by the stand-in engine with what pretrain handed it."""
 
 
-def data_handed_to_the_engine(method: str, ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def handed_to_the_engine(
+    method: str, ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: object
+) -> tuple[object, TrainConfig]:
+    """The training data and the settings that ``pretrain.run`` hands the engine."""
+
     def capture(method, data, config, *args, **kwargs):
-        raise Captured(data)
+        raise Captured(data, config)
 
     monkeypatch.setattr(pretrain, "train", capture)
-    params = parse_params(
-        {"pretrain": {"method": method, "backbone": "resnet18_cifar", "batch_size": 4, "device": "cpu"}}
-    )
+    section = {"method": method, "backbone": "resnet18_cifar", "batch_size": 4, "device": "cpu", **settings}
+    params = parse_params({"pretrain": section})
     with pytest.raises(Captured) as captured:
         pretrain.run(params.pretrain, params.data, ingested, tmp_path / "out", tmp_path / "ckpt")
-    return captured.value.args[0]
+    return captured.value.args
+
+
+def data_handed_to_the_engine(method: str, ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    return handed_to_the_engine(method, ingested, tmp_path, monkeypatch)[0]
 
 
 def test_a_cpu_trains_on_pil_views(ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,3 +84,16 @@ def test_fast_path_only_on_a_gpu_and_only_when_the_images_fit(monkeypatch: pytes
     monkeypatch.setattr(device_data, "host_memory_bytes", lambda: 8 * 2**30)
     assert fast_path_applies(50_000, 32, cuda)  # CIFAR-10: 154 MB
     assert not fast_path_applies(1_281_167, 224, cuda)  # ImageNet at 224 px: 193 GB
+
+
+@pytest.mark.parametrize(("bf16_native", "expected"), [(True, "bf16-mixed"), (False, "fp32")])
+def test_precision_auto_trains_in_bf16_only_where_the_cpu_computes_it_natively(
+    bf16_native: bool, expected: str, ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default: bf16 on a CPU with AVX512-BF16 or AMX, fp32 where bf16 would be emulated (14x slower with
+    AVX2 alone, benchmarks/results/cpu-precision-isa); an explicit setting is kept."""
+    monkeypatch.setattr(precision, "native_bf16", lambda device: bf16_native)
+    _data, config = handed_to_the_engine("simclr", ingested, tmp_path, monkeypatch)
+    assert config.precision == expected
+    _data, config = handed_to_the_engine("simclr", ingested, tmp_path, monkeypatch, precision="fp32")
+    assert config.precision == "fp32"
