@@ -67,13 +67,17 @@ class Uniforms:
         self.taken += columns
         return block
 
+    def column(self) -> torch.Tensor:
+        """The next column, (B,): one uniform [0, 1) draw per image."""
+        return self.take(1).squeeze(1)
+
     def uniform(self, low: float, high: float) -> torch.Tensor:
         """(B,) draws uniform in [low, high), from the next column."""
-        return self.take(1).squeeze(1) * (high - low) + low
+        return self.column() * (high - low) + low
 
     def bernoulli(self, p: float) -> torch.Tensor:
         """(B,) booleans, each True with probability ``p`` (as ``torch.rand(1) < p`` in torchvision)."""
-        return self.take(1).squeeze(1) < p
+        return self.column() < p
 
     def check_all_taken(self) -> None:
         """Raises if columns were left over: the count of :func:`view_uniform_count` and the decoding disagree."""
@@ -118,8 +122,8 @@ def crop_boxes_from(uniforms: Uniforms, height: int, width: int, scale: tuple[fl
     crop_w = torch.where(any_fits, crop_w.gather(1, first).squeeze(1), torch.full_like(ratio[:, 0], width))
     crop_h = torch.where(any_fits, crop_h.gather(1, first).squeeze(1), torch.full_like(ratio[:, 0], height))
     # torch.randint(0, n + 1) per image, as a floor of a uniform draw.
-    top = (uniforms.take(1).squeeze(1) * (height - crop_h + 1)).floor()
-    left = (uniforms.take(1).squeeze(1) * (width - crop_w + 1)).floor()
+    top = (uniforms.column() * (height - crop_h + 1)).floor()
+    left = (uniforms.column() * (width - crop_w + 1)).floor()
     return torch.stack([top, left, crop_h, crop_w], dim=1)
 
 
