@@ -268,6 +268,8 @@ def run(
             f"{section}.processes = {training.processes}, but this process is one of {world_size()}: "
             "start the training with tasks.pretrain.train_on_processes"
         )
+    # Before the images are read (and on a GPU decoded): an emulated bf16 is warned about first.
+    precision = section_precision(section, training.precision, process_device(training.device))
     trained = method_class(training.method)
     if trained.needs_teacher and teacher is None:
         raise PretrainError(f"{section}.method {training.method!r} needs a teacher: run the teacher stage first.")
@@ -281,7 +283,6 @@ def run(
     backbone = build_backbone(training.backbone, data.image_size)
     method = build_method(training.method, backbone, training.recipe, teacher=teacher, num_images=len(dataset))
     train_data = training_data(dataset, method, view_config(trained, training, data), data, training)
-    precision = section_precision(section, training.precision, process_device(training.device))
     config = train_config(training, peak_lr(trained, training), trained.chosen_optimizer(training.optimizer), precision)
     resolved = {
         "training": training.model_dump(mode="json"),  # processes included: it is in the fingerprint
