@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import layout
+from tasks.mlflow_setup import local_ui_command, web_links
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -72,28 +73,15 @@ def _registry(registration: dict[str, Any]) -> list[str]:
         f"- model `models:/{name}/{version}`, aliases {', '.join(registration['aliases']) or 'none'}: "
         f"{decision} ({registration['reason']})",
     ]
-    links = _links(registration)
+    links = web_links(registration)
     if links:
         lines += [f"- MLflow run: {links['mlflow-run']}", f"- model version: {links['mlflow-model-version']}"]
     else:
-        lines.append(
-            f"- MLflow run `{registration['run_id']}`: `mlflow ui --backend-store-uri {registration['tracking_uri']}`"
-        )
+        lines.append(f"- MLflow run `{registration['run_id']}`: `{local_ui_command(registration['tracking_uri'])}`")
     return lines
-
-
-def _links(registration: dict[str, Any]) -> dict[str, str]:
-    if not registration["tracking_uri"].startswith(("http://", "https://")):
-        return {}
-    base = registration["tracking_uri"].rstrip("/")
-    name, version = registration["model_name"], registration["version"]
-    return {
-        "mlflow-run": f"{base}/#/experiments/{registration['experiment_id']}/runs/{registration['run_id']}",
-        "mlflow-model-version": f"{base}/#/models/{name}/versions/{version}",
-    }
 
 
 def mlflow_links(project_dir: Path) -> dict[str, str]:
     """Links to the MLflow run and model version when the tracking server is reachable over HTTP."""
     registration = _read(project_dir / layout.REGISTRATION)
-    return {} if registration is None else _links(registration)
+    return {} if registration is None else web_links(registration)

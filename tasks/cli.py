@@ -26,6 +26,7 @@ import yaml
 
 from tasks import layout
 from tasks.errors import USER_ERROR_EXIT_STATUS, UserError
+from tasks.mlflow_setup import local_ui_command, web_links
 from tasks.params import Params, ParamsError, load_params
 from tasks.stages import STAGE_NAMES, STAGES, Stage, producer_of
 
@@ -99,6 +100,14 @@ class ProjectDir(argparse.Action):
         namespace.params = value / layout.PARAMS
 
 
+def mlflow_ui(registration: dict) -> str:
+    """Where to see the registered version: its page on a tracking server, or how to open a local store."""
+    links = web_links(registration)
+    if links:
+        return links["mlflow-model-version"]
+    return f"{local_ui_command(registration['tracking_uri'])}  (then open http://127.0.0.1:5000)"
+
+
 def print_summary(seconds: float | None = None) -> None:
     """Where the model, metrics and MLflow UI are (read from the stage outputs)."""
     metrics = json.loads((layout.EVALUATION / layout.METRICS_FILE).read_text())
@@ -122,7 +131,7 @@ def print_summary(seconds: float | None = None) -> None:
         f"(plot: {layout.EVALUATION / layout.EVALUATION_PLOT})",
         f"  MLflow model  : models:/{registration['model_name']}/{registration['version']} "
         f"aliases {registration['aliases']}; {registration['reason']}",
-        f"  MLflow UI     : mlflow ui --backend-store-uri {registration['tracking_uri']}  (then open http://127.0.0.1:5000)",
+        f"  MLflow UI     : {mlflow_ui(registration)}",
         f"  serve         : sslpipe serve --model models:/{registration['model_name']}@champion",
     ]
     print("\n".join(lines))

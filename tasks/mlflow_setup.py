@@ -46,6 +46,27 @@ def tracking_uri(project_dir: Path = Path(".")) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or project_db_uri(project_dir)
 
 
+def web_links(registration: dict) -> dict[str, str]:
+    """Links to a registration's run and model version (``reports/registration.json``), when its store is a server.
+
+    A tracking server is its own web UI; a local store (SQLite, a folder) has no address: it is opened
+    with :func:`local_ui_command`.
+    """
+    if not registration["tracking_uri"].startswith(("http://", "https://")):
+        return {}
+    base = registration["tracking_uri"].rstrip("/")
+    name, version = registration["model_name"], registration["version"]
+    return {
+        "mlflow-run": f"{base}/#/experiments/{registration['experiment_id']}/runs/{registration['run_id']}",
+        "mlflow-model-version": f"{base}/#/models/{name}/versions/{version}",
+    }
+
+
+def local_ui_command(store_uri: str) -> str:
+    """The command that shows a local store in MLflow's web UI."""
+    return f"mlflow ui --backend-store-uri {store_uri}"
+
+
 def connect(project_dir: Path = Path(".")) -> MlflowClient:
     """Points mlflow at the tracking URI and returns a client for the registry."""
     import mlflow

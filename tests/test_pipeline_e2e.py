@@ -5,8 +5,14 @@ repository, in order: ``dvc repro`` (ingest, curate, then every stage on the
 curated data); ``dvc repro`` again (a no-op); the Prefect flow
 (every stage Cached); a parameter change (only downstream stages rerun); an edit of
 each project file (exactly the stages that import it go stale); the champion served
-by registry alias; the champion reused as a distillation teacher; and the CLI's
-``sslpipe run`` in a second copy giving the same metrics.
+by registry alias; the champion reused as a distillation teacher. Then what a team
+runs: the CLI's ``sslpipe run`` (no DVC, no Prefect) in a second copy, against a real
+``mlflow server`` on SQLite reached at ``MLFLOW_TRACKING_URI=http://...``, gives the
+same metrics; every artifact is uploaded through the server into its
+``--artifacts-destination`` and none is left in the project; a second registration
+becomes version 2 and the gate, reading the champion's tags from the server, decides;
+``sslpipe serve`` downloads the champion from the server. The model that run trained is
+then registered into a server on PostgreSQL, where only the registry differs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +35,7 @@ from tasks.stages import STAGE_NAMES, STAGES
 from tests import servers
 from tests.datasets import REPO_ROOT
 from tests.project import environment, make_project, ran_stages, sh
+from tests.servers import MlflowServer, mlflow_server, postgres_server, served_embeddings
 
 pytestmark = pytest.mark.slow
 
@@ -373,9 +381,149 @@ def test_a_temporary_dvc_experiment_registers_into_the_projects_store(project: P
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # no throwaway store in the experiment's copy
 
 
-def test_cli_run_reproduces_the_dvc_metrics(first_metrics: dict, tiny_cifar_archive: Path, tmp_path: Path) -> None:
-    other = make_project(tmp_path / "again", tiny_cifar_archive)
-    result = sh(other, "sslpipe", "run")
-    assert "Pipeline finished" in result.stdout and "MLflow UI" in result.stdout
-    metrics = json.loads((other / "reports/evaluate/metrics.json").read_text())
-    assert metrics == first_metrics
+# ## A team's MLflow server: the CLI's run in a second copy, tracked and registered over HTTP
+
+BACKENDS = ("sqlite", "postgresql")
+MODEL = "ssl-embedder"
+# What the project would write for its own store if the server were not used.
+LOCAL_STORE = ("mlflow.db", "mlartifacts", "mlruns")
+MARGIN = 0.5  # of kNN top-1: more than the same model, registered again, can beat its champion by
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A project whose pipeline ran against ``server``, and the two registrations it made there."""
+
+    server: MlflowServer
+    project: Path
+    run_output: str  # what `sslpipe run` printed
+    first: dict  # reports/registration.json after `sslpipe run`
+    second: dict  # after `sslpipe register` once more, with champion_margin=MARGIN
+
+
+def register_again(project: Path, server: MlflowServer) -> dict:
+    """`sslpipe register` with a margin the same model cannot beat: the gate must keep the server's champion."""
+    sh(
+        project,
+        "env",
+        f"MLFLOW_TRACKING_URI={server.url}",
+        "sslpipe",
+        "register",
+        "--set",
+        f"register.champion_margin={MARGIN}",
+    )
+    return json.loads((project / "reports/registration.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def on_sqlite(tiny_cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
+    """`sslpipe run` in a second copy of the project against a server on SQLite, then `sslpipe register` again."""
+    project = make_project(tmp_path_factory.mktemp("cli-run"), tiny_cifar_archive)
+    folder = tmp_path_factory.mktemp("mlflow-sqlite")
+    with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", folder / "server") as server:
+        result = sh(project, "env", f"MLFLOW_TRACKING_URI={server.url}", "sslpipe", "run")
+        first = json.loads((project / "reports/registration.json").read_text())
+        yield Registered(server, project, result.stdout, first, register_again(project, server))
+
+
+@pytest.fixture(scope="module")
+def on_postgresql(on_sqlite: Registered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
+    """The same trained model registered into a second server, on PostgreSQL: the registry is what differs."""
+    folder = tmp_path_factory.mktemp("mlflow-postgresql")
+    with postgres_server() as store, mlflow_server(store, folder / "server") as server:
+        project = on_sqlite.project
+        result = sh(project, "env", f"MLFLOW_TRACKING_URI={server.url}", "sslpipe", "register")
+        first = json.loads((project / "reports/registration.json").read_text())
+        yield Registered(server, project, result.stdout, first, register_again(project, server))
+
+
+@pytest.fixture(params=BACKENDS)
+def registered(request: pytest.FixtureRequest) -> Registered:
+    return request.getfixturevalue(f"on_{request.param}")
+
+
+def client_of(server: MlflowServer):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+
+
+def test_cli_run_reproduces_the_dvc_metrics(first_metrics: dict, on_sqlite: Registered) -> None:
+    """No DVC, no Prefect, a tracking server instead of the project's store: the same numbers as `dvc repro`."""
+    assert json.loads((on_sqlite.project / "reports/evaluate/metrics.json").read_text()) == first_metrics
+    assert "Pipeline finished" in on_sqlite.run_output
+    # The summary points at the version's page on the server (a local store would need `mlflow ui`).
+    version_page = f"{on_sqlite.server.url}/#/models/{MODEL}/versions/1"
+    assert f"MLflow UI     : {version_page}" in on_sqlite.run_output
+
+
+def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(registered: Registered) -> None:
+    server, first = registered.server, registered.first
+    assert first["tracking_uri"] == server.url
+    assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"] and first["promoted_to_champion"]
+    client = client_of(server)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert champion.version == "1" and champion.run_id == first["run_id"]
+    assert champion.tags["gate_value"] == first["tags"]["gate_value"]
+    run = client.get_run(first["run_id"])
+    assert run.data.params["training.epochs"] == "1" and {"train_loss", "student.top1"} <= run.data.metrics.keys()
+    # Uploaded through the server (mlflow-artifacts:/), stored in its --artifacts-destination.
+    assert client.get_experiment(first["experiment_id"]).artifact_location.startswith("mlflow-artifacts:/")
+    checkpoints = [p for p in server.artifacts.rglob("model.pt") if first["run_id"] in p.parts]
+    assert [p.parts[-2:] for p in checkpoints] == [("checkpoint", "model.pt")]
+    logged_model = champion.source.removeprefix("models:/")  # MLflow 3: the version's source is a logged model
+    assert [p.name for p in server.artifacts.rglob("*.onnx") if logged_model in p.parts] == ["model.onnx"]
+    assert [name for name in LOCAL_STORE if (registered.project / name).exists()] == []
+
+
+def test_the_training_is_tracked_live_in_the_run_that_register_continues(on_sqlite: Registered) -> None:
+    """One run per pipeline execution: the run pretrain opened on the server is the registered version's."""
+    from tasks.live_tracking import ROLE_TAG, RunReference
+
+    first = on_sqlite.first
+    assert RunReference.read(on_sqlite.project / "models/student") == RunReference(
+        on_sqlite.server.url, first["experiment_id"], first["run_id"]
+    )
+    run = client_of(on_sqlite.server).get_run(first["run_id"])
+    assert run.data.tags[ROLE_TAG] == "pretrain"  # opened by the pretrain stage, over HTTP
+    losses = client_of(on_sqlite.server).get_metric_history(first["run_id"], "train_loss")
+    assert [m.step for m in losses] == [1]  # logged by the training itself, once per epoch
+
+
+def test_a_second_registration_is_version_2_and_the_gate_decides_on_the_servers_champion(
+    registered: Registered,
+) -> None:
+    """Same model, same score, a margin of 0.5: version 2 is the challenger; the champion (v1) is kept."""
+    first, second = registered.first, registered.second
+    assert second["version"] == "2" and second["aliases"] == ["challenger"]
+    assert not second["promoted_to_champion"]
+    assert second["gate_value"] == first["gate_value"]
+    assert "champion v1" in second["reason"] and f"margin {MARGIN}" in second["reason"]
+    client = client_of(registered.server)
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2"]
+    assert len(list(registered.server.artifacts.rglob("*.onnx"))) == 2
+
+
+def test_sslpipe_serve_serves_the_champion_from_the_server(on_sqlite: Registered, tmp_path: Path) -> None:
+    """Serving reads the same API on either backend: checked on one."""
+    from PIL import Image
+
+    from ssl_core.onnx_embedder import OnnxEmbedder
+
+    project, cache = on_sqlite.project, tmp_path / "serving"
+    images = sorted((project / "data/ingested/images/test").rglob("*.jpg"))[:4]
+    answer = served_embeddings(
+        project,
+        f"models:/{MODEL}@champion",
+        images,
+        tmp_path / "serve.log",
+        "--cache",
+        str(cache),
+        MLFLOW_TRACKING_URI=on_sqlite.server.url,
+    )
+    assert answer["model"] == f"models:/{MODEL}@champion"
+    assert len(list(cache.rglob("*.onnx"))) == 1  # downloaded from the server
+    direct = OnnxEmbedder(project / "models/onnx/model.onnx").embed([Image.open(p) for p in images])
+    np.testing.assert_allclose(np.array(answer["embeddings"]), direct, atol=1e-5)
