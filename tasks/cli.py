@@ -26,7 +26,6 @@ import yaml
 
 from tasks import layout
 from tasks.errors import USER_ERROR_EXIT_STATUS, UserError
-from tasks.mlflow_setup import local_ui_command, web_links
 from tasks.params import Params, ParamsError, load_params
 from tasks.stages import STAGE_NAMES, STAGES, Stage, producer_of
 
@@ -102,6 +101,9 @@ class ProjectDir(argparse.Action):
 
 def mlflow_ui(registration: dict) -> str:
     """Where to see the registered version: its page on a tracking server, or how to open a local store."""
+    # Imported here: `run` and `summary` need it, no stage does (their DVC deps stay as they are).
+    from tasks.mlflow_setup import local_ui_command, web_links
+
     links = web_links(registration)
     if links:
         return links["mlflow-model-version"]
