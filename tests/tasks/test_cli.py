@@ -89,3 +89,15 @@ def test_every_stage_error_is_a_user_error(module: str) -> None:
     ]
     assert errors or module == "tasks.register", f"{module} defines no error class"
     assert all(issubclass(error, UserError) for error in errors), errors
+
+
+def test_the_summary_links_a_servers_version_page_and_tells_how_to_open_a_local_store() -> None:
+    """A tracking server is its own UI (`mlflow ui --backend-store-uri http://...` would not start); a local
+    store is opened with `mlflow ui`."""
+    from tasks.cli import mlflow_ui
+
+    registration = {"model_name": "ssl-embedder", "version": "3", "experiment_id": "7", "run_id": "abc"}
+    on_server = mlflow_ui({**registration, "tracking_uri": "http://mlflow.example:5000/"})
+    assert on_server == "http://mlflow.example:5000/#/models/ssl-embedder/versions/3"
+    local = mlflow_ui({**registration, "tracking_uri": "sqlite:////project/mlflow.db"})
+    assert local.startswith("mlflow ui --backend-store-uri sqlite:////project/mlflow.db")
