@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.machine import cpu_description  # noqa: E402
 from ssl_core.backbones import build_backbone  # noqa: E402
+from ssl_core.config_checks import PRECISIONS  # noqa: E402
 from ssl_core.precision import autocast, native_bf16  # noqa: E402
 
 # (name, environment): what each child process may use; the first is the CPU unrestricted.
@@ -37,7 +38,6 @@ CEILINGS = (
     ("AVX-512 without BF16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512"}),
     ("AVX2", {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}),
 )
-PRECISIONS = ("fp32", "bf16-mixed")
 
 
 def step_ms(precision: str, batch_size: int, warmup: int, timed: int) -> float:
