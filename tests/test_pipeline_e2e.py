@@ -52,6 +52,13 @@ def first_metrics(project: Path) -> dict:
     return json.loads((project / "reports/evaluate/metrics.json").read_text())
 
 
+def client_of(store_uri: str):
+    """An MLflow client of the runs and the registry at ``store_uri``: a server's URL, or a project's SQLite file."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store_uri, registry_uri=store_uri)
+
+
 def test_dvc_repro_runs_the_whole_chain(project: Path, first_metrics: dict) -> None:
     assert 0.0 < first_metrics["student"]["top1"] <= 1.0 and 0.0 < first_metrics["random_init"]["top1"] <= 1.0
     # Later stages read the curated data: what curate kept of the 200 train and 100 test images.
@@ -224,14 +231,11 @@ def test_one_param_change_reruns_only_downstream_stages(project: Path, first_met
     assert registration["version"] == "2" and "challenger" in registration["aliases"]
     for tag in ("git_commit", "dataset_manifest_sha256", "params_hash", "knn_top1"):
         assert registration["tags"][tag]
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("ssl-embedder", "2")
+    client = client_of(f"sqlite:///{project / 'mlflow.db'}")
+    version = client.get_model_version("ssl-embedder", "2")
     assert version.tags["params_hash"] == registration["tags"]["params_hash"]
     assert "challenger" in version.aliases
     # The curation report and its counts are part of the run.
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     report = json.loads((project / "data/curated/report.json").read_text())
     assert client.get_run(registration["run_id"]).data.metrics["curation_kept"] == report["counts"]["kept"]
     artifacts = {a.path for a in client.list_artifacts(registration["run_id"], "curation")}
@@ -365,11 +369,9 @@ def test_a_temporary_dvc_experiment_registers_into_the_projects_store(project: P
     Only register's params change, so the copy reuses the cached training: its registration is a new
     MLflow run nested under the training's run (the same student was registered before).
     """
-    from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = client_of(f"sqlite:///{project / 'mlflow.db'}")
     before = {v.version for v in client.search_model_versions("name = 'ssl-embedder'")}
     result = sh(project, "dvc", "exp", "run", "--temp", "-S", "register.champion_margin=0.5")
     assert ran_stages(result.stdout) == ["register"], result.stdout[-2000:]
@@ -442,12 +444,6 @@ def registered(request: pytest.FixtureRequest) -> Registered:
     return request.getfixturevalue(f"on_{request.param}")
 
 
-def client_of(server: MlflowServer):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
-
-
 def test_cli_run_reproduces_the_dvc_metrics(first_metrics: dict, on_sqlite: Registered) -> None:
     """No DVC, no Prefect, a tracking server instead of the project's store: the same numbers as `dvc repro`."""
     assert json.loads((on_sqlite.project / "reports/evaluate/metrics.json").read_text()) == first_metrics
@@ -461,7 +457,7 @@ def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(regis
     server, first = registered.server, registered.first
     assert first["tracking_uri"] == server.url
     assert first["version"] == "1" and first["aliases"] == ["challenger", "champion"] and first["promoted_to_champion"]
-    client = client_of(server)
+    client = client_of(server.url)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert champion.version == "1" and champion.run_id == first["run_id"]
     assert champion.tags["gate_value"] == first["tags"]["gate_value"]
@@ -484,9 +480,10 @@ def test_the_training_is_tracked_live_in_the_run_that_register_continues(on_sqli
     assert RunReference.read(on_sqlite.project / "models/student") == RunReference(
         on_sqlite.server.url, first["experiment_id"], first["run_id"]
     )
-    run = client_of(on_sqlite.server).get_run(first["run_id"])
+    client = client_of(on_sqlite.server.url)
+    run = client.get_run(first["run_id"])
     assert run.data.tags[ROLE_TAG] == "pretrain"  # opened by the pretrain stage, over HTTP
-    losses = client_of(on_sqlite.server).get_metric_history(first["run_id"], "train_loss")
+    losses = client.get_metric_history(first["run_id"], "train_loss")
     assert [m.step for m in losses] == [1]  # logged by the training itself, once per epoch
 
 
@@ -499,7 +496,7 @@ def test_a_second_registration_is_version_2_and_the_gate_decides_on_the_servers_
     assert not second["promoted_to_champion"]
     assert second["gate_value"] == first["gate_value"]
     assert "champion v1" in second["reason"] and f"margin {MARGIN}" in second["reason"]
-    client = client_of(registered.server)
+    client = client_of(registered.server.url)
     assert client.get_model_version_by_alias(MODEL, "challenger").version == "2"
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2"]
