@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.machine import cpu_description  # noqa: E402
 from ssl_core.backbones import build_backbone  # noqa: E402
 from ssl_core.config_checks import PRECISIONS  # noqa: E402
-from ssl_core.precision import autocast, native_bf16  # noqa: E402
+from ssl_core.precision import autocast, native_bf16, unsupported_precision  # noqa: E402
 
 # (name, environment): what each child process may use; the first is the CPU unrestricted.
 CEILINGS = (
@@ -63,8 +63,9 @@ def step_ms(precision: str, batch_size: int, warmup: int, timed: int) -> float:
 
 
 def measure_here(args: argparse.Namespace) -> dict:
-    """Both precisions in this process (a child started by :func:`measure`)."""
-    times = {p: step_ms(p, args.batch_size, args.warmup, args.timed) for p in PRECISIONS}
+    """The precisions a CPU runs (fp32, bf16-mixed), in this process (a child started by :func:`measure`)."""
+    cpu_precisions = [p for p in PRECISIONS if unsupported_precision(p, torch.device("cpu")) is None]
+    times = {p: step_ms(p, args.batch_size, args.warmup, args.timed) for p in cpu_precisions}
     # What ATen dispatched to under the ceiling: the proof that the child ran under it.
     return {"aten_capability": torch.backends.cpu.get_cpu_capability(), "step_ms": times}
 

@@ -72,6 +72,7 @@ from benchmarks.machine import device_description, peak_host_memory_gb, reset_pe
 from benchmarks.wall_clock import CallClock  # noqa: E402
 from ssl_core.augment import Normalization
 from ssl_core.backbones import Backbone, available_backbones, build_backbone, infer_feature_dim
+from ssl_core.config_checks import PRECISIONS
 from ssl_core.data import ManifestDataset
 from ssl_core.engine import COMPILE_MODES, COMPILE_SCOPES, EpochStats, TrainConfig, train
 from ssl_core.manifest import sha256_file
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--test-per-class", type=int, default=None, help="class-balanced subset (default: all)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="bf16-mixed", choices=("fp32", "bf16-mixed"))
+    parser.add_argument("--precision", default="bf16-mixed", choices=PRECISIONS)
     parser.add_argument("--num-workers", type=int, default=8)
     parser.add_argument(
         "--loader",

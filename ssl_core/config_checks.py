@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 # Numeric precisions of training and embedding (ssl_core.precision.autocast), and what a setting may
-# also say: "auto", bf16-mixed where the device computes bf16 natively, else fp32 (resolve_precision).
-PRECISIONS = ("fp32", "bf16-mixed")
+# also say: "auto", bf16-mixed where the device computes bf16 natively, fp16-mixed (with loss scaling) on
+# GPUs whose tensor cores compute fp16 but not bf16, else fp32 (resolve_precision).
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 PRECISION_SETTINGS = ("auto", *PRECISIONS)
 
 

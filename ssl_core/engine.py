@@ -58,8 +58,8 @@ from ssl_core.distributed import (
     world_size,
 )
 from ssl_core.methods.base import SSLMethod
-from ssl_core.optimizers import build_optimizer
-from ssl_core.precision import autocast, cudnn_autotuning, seed_everything
+from ssl_core.optimizers import build_optimizer, scaled_step
+from ssl_core.precision import autocast, cudnn_autotuning, loss_scaler, seed_everything
 from ssl_core.schedules import cosine_schedule
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ class TrainConfig:
         warmup_epochs: linear warm-up before the cosine decay.
         seed: seeds weights, data order and augmentations.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        precision: ``fp32`` or ``bf16-mixed``.
+        precision: ``fp32``, ``bf16-mixed``, or ``fp16-mixed`` (with dynamic loss scaling,
+            :func:`~ssl_core.precision.loss_scaler`; for GPUs with fp16 tensor cores but no bf16 ones).
         num_workers: DataLoader worker processes.
         channels_last: NHWC memory layout for convolutions (measured +13% training
             throughput for the CIFAR ResNet-18 with bf16 on a 2-core CPU; the usual
@@ -260,6 +261,9 @@ def train(
         # Fused SGD needs a gradient for every parameter on every step.
         fused=(device.type == "cuda" and not method.skips_gradients) or None,
     )
+    # fp16-mixed scales the loss. Fused SGD skips an overflowing step on the device; an unfused optimizer (DINO's
+    # on a GPU) makes the scaler read on the host whether the gradients overflowed, one sync a step.
+    scaler = loss_scaler(device, config.precision)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
     history = TrainHistory()
@@ -267,7 +271,7 @@ def train(
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         if state.get("fingerprint") == fingerprint:
-            start_epoch, history = _restore(state, method, optimizer)
+            start_epoch, history = _restore(state, method, optimizer, scaler)
             history.resumed_from_epoch = start_epoch
             logger.info("Resuming from %s after epoch %d.", checkpoint_path, start_epoch)
             if state.get("world_size", 1) != world:
@@ -304,11 +308,9 @@ def train(
                     output = model(views)  # through DDP on several processes: its backward averages the gradients
                 optimizer.zero_grad(set_to_none=True)
                 with record_function("ssl:backward"):
-                    output.loss.backward()
+                    scaler.scale(output.loss).backward()
                 with record_function("ssl:optimizer"):
-                    if method.gradient_clip_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), method.gradient_clip_norm)
-                    optimizer.step()
+                    scaled_step(optimizer, scaler, method.gradient_clip_norm)
                 with record_function("ssl:after_step"):
                     method.after_optimizer_step()
                 with record_function("ssl:stats"):
@@ -320,8 +322,7 @@ def train(
             all_reduce_mean_(loss_sum)
             all_reduce_mean_(std_sum)
             mean_loss = (loss_sum / steps_per_epoch).item()
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"Loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate.")
+            _check_numerics(mean_loss, scaler, epoch, config.precision)
             uniform_std = 1.0 / math.sqrt(output.features.shape[1])
             embedding_std = (std_sum / steps_per_epoch).item()
             stats = EpochStats(
@@ -348,12 +349,30 @@ def train(
             average_running_stats_(method)
             due = epoch + 1 == config.epochs or time.monotonic() - last_checkpoint >= config.checkpoint_interval_s
             if rank() == 0 and due:  # rank 0's clock decides: only it writes
-                save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint)
+                save_checkpoint(checkpoint_path, epoch + 1, method, optimizer, history, config, fingerprint, scaler)
                 last_checkpoint = time.monotonic()
             barrier(device)  # no rank goes on, or returns, before a checkpoint is complete
             if on_epoch_end is not None:
                 on_epoch_end(stats)
     return history
+
+
+def _check_numerics(mean_loss: float, scaler: torch.amp.GradScaler, epoch: int, precision: str) -> None:
+    """Raises FloatingPointError where an epoch's training went wrong numerically: a loss that is not
+    finite, or, under fp16-mixed, a loss scale that fell below 1.
+
+    The scale halves at every step whose gradients overflow fp16; below 1 they overflow even
+    unscaled, so the scaler skips step after step and the weights stop moving, while the loss (in
+    fp32) still looks finite.
+    """
+    fp16_hint = " or set precision to fp32 (fp16's range is narrow)" if precision == "fp16-mixed" else ""
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"Loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate{fp16_hint}.")
+    if scaler.is_enabled() and (scale := scaler.get_scale()) < 1.0:
+        raise FloatingPointError(
+            f"fp16-mixed: the loss scale fell to {scale:.3g} in epoch {epoch + 1}: the gradients overflow fp16 even "
+            f"unscaled, so the optimizer skips its steps; lower the learning rate{fp16_hint}."
+        )
 
 
 def _epoch_batches(
@@ -401,8 +420,10 @@ def save_checkpoint(
     history: TrainHistory,
     config: TrainConfig,
     fingerprint: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """What :func:`train` writes to ``path`` after every epoch (``benchmarks/step_profile.py`` times it)."""
+    """What :func:`train` writes to ``path`` after every epoch (``benchmarks/step_profile.py`` times it);
+    ``scaler``: fp16-mixed's loss scale, which a resumed run must go on from."""
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
@@ -412,15 +433,21 @@ def save_checkpoint(
         "history": history.to_dict(),
         "train_config": asdict(config),
     }
+    if scaler is not None and scaler.is_enabled():
+        state["loss_scaler"] = scaler.state_dict()
     # Write then rename: an interrupted save never leaves a corrupt last.pt behind.
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _restore(state: dict, method: SSLMethod, optimizer: torch.optim.Optimizer) -> tuple[int, TrainHistory]:
+def _restore(
+    state: dict, method: SSLMethod, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> tuple[int, TrainHistory]:
     method.load_checkpoint_state(state["method"])
     optimizer.load_state_dict(state["optimizer"])
+    if "loss_scaler" in state:  # only an fp16-mixed run writes one; a disabled scaler ignores it
+        scaler.load_state_dict(state["loss_scaler"])
     history = TrainHistory(
         epochs=[EpochStats(**e) for e in state["history"]["epochs"]],
         resumed_from_epoch=state["history"]["resumed_from_epoch"],

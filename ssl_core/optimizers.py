@@ -138,8 +138,42 @@ def build_optimizer(
         ValueError: for another ``name``.
     """
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
-    if name == "lars":
-        groups = lars_param_groups(params, weight_decay)
-        return LARS(groups, lr=lr, momentum=momentum, fused=fused)
-    raise ValueError(f"optimizer = {name!r}: must be one of {', '.join(repr(o) for o in OPTIMIZERS)}")
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+    elif name == "lars":
+        optimizer = LARS(lars_param_groups(params, weight_decay), lr=lr, momentum=momentum, fused=fused)
+    else:
+        raise ValueError(f"optimizer = {name!r}: must be one of {', '.join(repr(o) for o in OPTIMIZERS)}")
+    if fused and momentum:
+        zero_momentum_buffers_(optimizer)
+    return optimizer
+
+
+def zero_momentum_buffers_(optimizer: torch.optim.SGD) -> None:
+    """Gives every parameter a zero momentum buffer before the first step, which then updates it as
+    any later step does: ``0 * momentum + gradient`` is the gradient, what a first step stores (SGD's
+    ``dampening`` is 0 here).
+
+    Why: fused SGD creates its buffers with ``torch.empty_like`` on its first step and leaves them to
+    the kernel, which returns early where a gradient scaler found an overflow. fp16-mixed's first
+    step often overflows at the initial loss scale, so the second step would go on from uninitialized
+    memory (weights of 1e28 after two steps, torch 2.11-2.14; LibreYOLO#771 met the same).
+    """
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            optimizer.state[parameter].setdefault("momentum_buffer", torch.zeros_like(parameter))
+
+
+def scaled_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip_norm: float | None) -> None:
+    """One update from the gradients of ``scaler.scale(loss).backward()``, clipped to a global norm of
+    ``clip_norm`` (None: not clipped); skipped, by the scaler, where they overflowed fp16.
+
+    The gradients are unscaled first, since LARS's trust ratios and the clipping read their norms: a
+    fused optimizer would otherwise unscale them only inside its own kernel, after LARS had taken a
+    ratio 65,536 times too small. With a disabled scaler (fp32, bf16) this is ``optimizer.step()``
+    after the clipping.
+    """
+    scaler.unscale_(optimizer)
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip_norm)
+    scaler.step(optimizer)
+    scaler.update()

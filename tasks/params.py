@@ -132,7 +132,7 @@ class CurateParams(_Section):
     map_points: int = Field(default=3000, ge=0)  # points on the report's 2-D map; 0 draws none
     batch_size: int = Field(default=256, ge=1)  # for a model embedder
     device: str = "auto"
-    precision: str = "auto"  # bf16-mixed where the device computes bf16 natively, else fp32
+    precision: str = "auto"  # bf16-mixed where native, fp16-mixed on a V100/T4, else fp32 (resolve_precision)
     num_workers: int = Field(default=2, ge=0)  # processes decoding images
 
     _check_device = field_validator("device")(lambda cls, v: _valid_device(v))
@@ -211,7 +211,7 @@ class _TrainingSettings(_Section):
     warmup_epochs: int = Field(default=0, ge=0)
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # bf16-mixed where the device computes bf16 natively, else fp32
+    precision: str = "auto"  # bf16-mixed where native, fp16-mixed on a V100/T4, else fp32 (resolve_precision)
     # torch.compile, and what of the step (ssl_core.engine.COMPILE_SCOPES), always with the device-side
     # view rendering: true or "networks", the method's networks each on its own (the backbone, and a
     # momentum or teacher network beside it); "step", the whole training step as one graph (heads and
@@ -319,7 +319,7 @@ class EvaluateParams(_Section):
     # The random-init baseline uses this seed for its weights.
     baseline_seed: int = 0
     device: str = "auto"
-    precision: str = "auto"  # bf16-mixed where the device computes bf16 natively, else fp32
+    precision: str = "auto"  # bf16-mixed where native, fp16-mixed on a V100/T4, else fp32 (resolve_precision)
     num_workers: int = Field(default=1, ge=0)
 
     _check_device = field_validator("device")(lambda cls, v: _valid_device(v))

@@ -17,7 +17,8 @@ def check_precision(section: str, setting: str, device: torch.device) -> None:
 
 
 def section_precision(section: str, setting: str, device: torch.device) -> str:
-    """``setting`` resolved for ``device`` (``auto``: bf16-mixed where it is native, else fp32), after
+    """``setting`` resolved for ``device`` (``auto``: bf16-mixed where it is native, fp16-mixed on GPUs with
+    fp16 tensor cores only, else fp32), after
     :func:`check_precision`."""
     check_precision(section, setting, device)
     return resolve_precision(setting, device)

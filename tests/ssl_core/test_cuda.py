@@ -21,6 +21,7 @@ from ssl_core.optimizers import build_optimizer
 from tests.ssl_core.test_every_method_trains import Interrupt, assert_trains_like, build
 from tests.ssl_core.test_momentum import moved_copy, per_tensor_update
 from tests.ssl_core.test_no_host_sync import device_path_config, device_path_images, inside_the_watched_steps
+from tests.ssl_core.test_optimizers import scaled_training, small_network
 from tests.ssl_core.tiny import tiny_backbone
 
 pytestmark = pytest.mark.cuda  # skipped without a CUDA GPU (tests/conftest.py)
@@ -39,10 +40,15 @@ def gpu_images(method: SSLMethod, pinned: bool = False) -> DeviceImages:
 
 
 @pytest.mark.parametrize(
-    ("name", "pinned"),
-    [pytest.param(name, False, id=name) for name in METHOD_NAMES] + [pytest.param("simclr", True, id="simclr-pinned")],
+    ("name", "pinned", "precision"),
+    [pytest.param(name, False, "bf16-mixed", id=name) for name in METHOD_NAMES]
+    + [pytest.param("simclr", True, "bf16-mixed", id="simclr-pinned")]
+    # fp16's loss scaler with fused SGD and fused LARS (DINO's unfused optimizer reads the overflow on the host).
+    + [pytest.param(name, False, "fp16-mixed", id=f"{name}-fp16") for name in ("simclr", "barlowtwins")],
 )
-def test_training_steps_never_make_the_host_wait_for_the_gpu(name: str, pinned: bool, tmp_path: Path) -> None:
+def test_training_steps_never_make_the_host_wait_for_the_gpu(
+    name: str, pinned: bool, precision: str, tmp_path: Path
+) -> None:
     """No op from the end of the first step to the end of the last may synchronize with the GPU.
 
     CUDA's sync debug mode raises on each such op (reading a value, a size that depends on
@@ -51,15 +57,17 @@ def test_training_steps_never_make_the_host_wait_for_the_gpu(name: str, pinned: 
     and with ``pinned`` images the copy of each batch from pinned host memory too.
     """
     method = build(name)
+    config = dataclasses.replace(device_path_config(method, "cuda"), precision=precision)
 
     def watch(info: StepInfo) -> None:
         torch.cuda.set_sync_debug_mode("error" if inside_the_watched_steps(info) else "default")
 
     try:
-        history = train(method, gpu_images(method, pinned), device_path_config(method, "cuda"), tmp_path, on_step=watch)
+        history = train(method, gpu_images(method, pinned), config, tmp_path, on_step=watch)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert len(history.epochs) == 1
+    assert all(p.isfinite().all() for p in method.parameters())
 
 
 def test_a_gpu_run_crashed_and_resumed_ends_with_the_uninterrupted_runs_weights(tmp_path: Path) -> None:
@@ -100,6 +108,21 @@ def lars_trajectory(device: torch.device) -> list[torch.Tensor]:
 def test_lars_steps_on_the_gpu_as_on_the_cpu() -> None:
     for on_gpu, on_cpu in zip(lars_trajectory(CUDA), lars_trajectory(CPU), strict=True):
         torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_fused_steps_on_the_gpu_skip_an_overflow_as_on_the_cpu(name: str) -> None:
+    """The CUDA kernel of fused SGD, under the loss scaler, with the first step overflowing (the usual one)."""
+    trajectories = []
+    for device in (CUDA, CPU):
+        network = small_network().to(device)
+        optimizer = build_optimizer(name, network.parameters(), 0.3, 0.9, 5e-4, fused=True)
+        scales = scaled_training(network, optimizer, "fp16-mixed", overflow_at=0, device=device)
+        trajectories.append(([p.detach().cpu() for p in network.parameters()], scales))
+    (on_gpu, gpu_scales), (on_cpu, cpu_scales) = trajectories
+    assert gpu_scales == cpu_scales
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5)
 
 
 def test_ema_update_on_the_gpu_is_the_per_tensor_update() -> None:

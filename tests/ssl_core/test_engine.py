@@ -15,6 +15,7 @@ from torch.utils.data import Subset
 from ssl_core.augment import MultiView, Normalization, ViewConfig, view_transform
 from ssl_core.data import ManifestDataset
 from ssl_core.engine import CHECKPOINT_NAME, EpochStats, StepInfo, TrainConfig, TrainHistory, train
+from ssl_core.methods.base import StepOutput
 from ssl_core.methods.simclr import SimCLR, SimCLRConfig
 
 FEATURE_DIM = 16
@@ -34,7 +35,7 @@ def make_method(seed: int = 0) -> SimCLR:
     return SimCLR(backbone, FEATURE_DIM, SimCLRConfig(projection_hidden_dim=32, projection_dim=16))
 
 
-def make_config(epochs: int, batch_size: int = 16, optimizer: str = "sgd") -> TrainConfig:
+def make_config(epochs: int, batch_size: int = 16, optimizer: str = "sgd", precision: str = "fp32") -> TrainConfig:
     return TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -43,7 +44,7 @@ def make_config(epochs: int, batch_size: int = 16, optimizer: str = "sgd") -> Tr
         warmup_epochs=1,
         seed=7,
         device="cpu",
-        precision="fp32",
+        precision=precision,
         num_workers=0,
         checkpoint_interval_s=0.0,  # a checkpoint after every epoch: the resume tests crash in the second
     )
@@ -110,7 +111,7 @@ def test_two_identical_runs_give_identical_weights(dataset, one_epoch_run, tmp_p
 
 
 def crashed_then_resumed(
-    data, epochs: int, checkpoint_dir: Path, optimizer: str = "sgd"
+    data, epochs: int, checkpoint_dir: Path, optimizer: str = "sgd", precision: str = "fp32"
 ) -> tuple[SimCLR, TrainHistory]:
     """A run that crashes in its second epoch, then is resumed (``resume=True``) by a fresh method, as a
     new process would rebuild it from the same seed: the resumed method and its history."""
@@ -123,28 +124,36 @@ def crashed_then_resumed(
         train(
             make_method(),
             data,
-            make_config(epochs=epochs, optimizer=optimizer),
+            make_config(epochs=epochs, optimizer=optimizer, precision=precision),
             checkpoint_dir,
             fingerprint=FINGERPRINT,
             on_step=crash_in_second_epoch,
         )
     assert torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
     resumed = make_method()
-    config = make_config(epochs=epochs, optimizer=optimizer)
+    config = make_config(epochs=epochs, optimizer=optimizer, precision=precision)
     history = train(resumed, data, config, checkpoint_dir, resume=True, fingerprint=FINGERPRINT)
     assert history.resumed_from_epoch == 1
     return resumed, history
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
-def test_resume_after_interruption_is_exact(dataset, tmp_path, optimizer):
+@pytest.mark.parametrize(
+    ("optimizer", "precision"), [("sgd", "fp32"), ("lars", "fp32"), ("sgd", "fp16-mixed"), ("lars", "fp16-mixed")]
+)
+def test_resume_after_interruption_is_exact(dataset, tmp_path, optimizer, precision):
+    """fp16-mixed too, whose loss scale goes on from the checkpoint's: its first step overflows at the
+    initial scale and halves it, and a resumed run that started over from the initial scale could skip a
+    step the uninterrupted one took."""
     uninterrupted = make_method()
-    config = make_config(epochs=3, optimizer=optimizer)
+    config = make_config(epochs=3, optimizer=optimizer, precision=precision)
     history_a = train(uninterrupted, dataset, config, tmp_path / "a", fingerprint=FINGERPRINT)
-    resumed, history_b = crashed_then_resumed(dataset, 3, tmp_path / "b", optimizer)
+    resumed, history_b = crashed_then_resumed(dataset, 3, tmp_path / "b", optimizer, precision)
     assert [e.epoch for e in history_b.epochs] == [1, 2, 3]
     assert [e.loss for e in history_b.epochs] == [e.loss for e in history_a.epochs]
     assert_same_weights(weights(uninterrupted), weights(resumed))
+    loss_scales = [torch.load(tmp_path / run / CHECKPOINT_NAME, weights_only=True).get("loss_scaler") for run in "ab"]
+    assert loss_scales[0] == loss_scales[1]
+    assert (loss_scales[0] is not None) == (precision == "fp16-mixed")
 
 
 def test_resume_of_a_finished_run_trains_nothing(dataset, one_epoch_run):
@@ -219,3 +228,38 @@ def test_compile_takes_a_scope_and_a_mode_of_torch_compile():
         dataclasses.replace(make_config(epochs=1), compile=True)
     with pytest.raises(ValueError, match=r"compile_mode must be None or one of default, reduce-overhead.*got 'fast'"):
         dataclasses.replace(make_config(epochs=1), compile="step", compile_mode="fast")
+
+
+def with_loss_times(method: SimCLR, factor: float, inputs_times: float = 1.0) -> SimCLR:
+    """``method`` whose loss is multiplied by ``factor`` and whose views by ``inputs_times``: losses and
+    activations out of fp16's range, as a recipe or data could have them."""
+    step = method.training_step
+
+    def scaled_step(views: list[torch.Tensor]) -> StepOutput:
+        output = step([v * inputs_times for v in views])
+        return dataclasses.replace(output, loss=output.loss * factor)
+
+    method.training_step = scaled_step
+    return method
+
+
+def test_fp16_gradients_that_overflow_even_unscaled_stop_training_with_the_reason(dataset, tmp_path):
+    """Every step's gradients overflow fp16, so the scaler skips every step and halves its scale (65,536 -> below 1
+    in 17 steps) while the loss, computed in fp32, stays finite: the run stops rather than train nothing."""
+    method = with_loss_times(make_method(), 1e30)
+    before = {name: p.detach().clone() for name, p in method.named_parameters()}
+    config = make_config(epochs=2, batch_size=2, precision="fp16-mixed")  # 32 steps an epoch
+    with pytest.raises(
+        FloatingPointError, match=r"fp16-mixed: the loss scale fell to .* in epoch 1.*precision to fp32"
+    ):
+        train(method, dataset, config, tmp_path)
+    assert_same_weights(before, {name: p.detach() for name, p in method.named_parameters()})  # no step was taken
+
+
+def test_fp16_activations_that_overflow_name_fp32_as_the_way_out(dataset, tmp_path):
+    """Inputs 1e6 times too large overflow fp16's forward pass (max 65,504): the loss is not finite."""
+    method = with_loss_times(make_method(), 1.0, inputs_times=1e6)
+    with pytest.raises(FloatingPointError, match=r"Loss became nan in epoch 1; .* or set precision to fp32"):
+        train(method, dataset, make_config(epochs=1, precision="fp16-mixed"), tmp_path)
+    fp32 = with_loss_times(make_method(), 1.0, inputs_times=1e6)
+    assert math.isfinite(train(fp32, dataset, make_config(epochs=1), tmp_path / "fp32").epochs[0].loss)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from ssl_core.optimizers import LARS, build_optimizer, lars_param_groups
+from ssl_core.optimizers import LARS, build_optimizer, lars_param_groups, scaled_step
+from ssl_core.precision import loss_scaler
 
 LR, MOMENTUM, WEIGHT_DECAY, ETA = 0.3, 0.9, 5e-4, 0.02
 
@@ -25,10 +27,10 @@ def small_network(seed: int = 0) -> nn.Module:
     )
 
 
-def loss_of(network: nn.Module, step: int) -> torch.Tensor:
+def loss_of(network: nn.Module, step: int, device: torch.device = torch.device("cpu")) -> torch.Tensor:
     generator = torch.Generator().manual_seed(step)
     x = torch.randn(16, 3, 8, 8, generator=generator)
-    return (network(x) - 1).pow(2).mean()
+    return (network(x.to(device)) - 1).pow(2).mean()
 
 
 def train(network: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 5) -> None:
@@ -128,3 +130,72 @@ def test_unknown_optimizer_is_refused_naming_the_choices():
 def test_negative_trust_coefficient_is_refused():
     with pytest.raises(ValueError, match="trust_coefficient"):
         LARS(small_network().parameters(), trust_coefficient=-1.0, lr=LR)
+
+
+def scaled_training(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: str,
+    overflow_at: int | None = None,
+    device: torch.device = torch.device("cpu"),
+) -> list[float]:
+    """:func:`train`'s steps as the engine takes them, through :func:`scaled_step` and ``precision``'s scaler
+    (the arithmetic in fp32: the scaler is tested, not fp16's rounding); step ``overflow_at``'s loss is made
+    infinite, as an fp16 overflow makes the gradients. Returns the loss scale after each step."""
+    scaler = loss_scaler(device, precision)
+    scales = []
+    for step in range(5):
+        optimizer.zero_grad()
+        loss = loss_of(network, step, device) * (math.inf if step == overflow_at else 1.0)
+        scaler.scale(loss).backward()
+        scaled_step(optimizer, scaler, clip_norm=None)
+        scales.append(scaler.get_scale())
+    return scales
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_a_step_from_scaled_gradients_is_the_step_from_the_true_ones(name: str, fused: bool) -> None:
+    """fp16-mixed's backward yields the gradients times the loss scale (65,536); the update must be the true
+    gradients'. LARS reads their norm for its trust ratios, and a fused optimizer would only unscale them inside
+    its own kernel, after LARS had read them."""
+    plain, scaled = small_network(), small_network()
+    train(plain, build_optimizer(name, plain.parameters(), LR, MOMENTUM, WEIGHT_DECAY, fused=fused or None))
+    optimizer = build_optimizer(name, scaled.parameters(), LR, MOMENTUM, WEIGHT_DECAY, fused=fused or None)
+    assert scaled_training(scaled, optimizer, "fp16-mixed") == [65536.0] * 5
+    assert_same_parameters(scaled, plain)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_a_step_whose_gradients_overflowed_leaves_no_trace(name: str, fused: bool) -> None:
+    """The scaler skips it and halves the scale; the other steps are those of a run without it. The first step
+    too, the usual one to overflow (at the initial scale): fused SGD would go on from uninitialized momentum
+    buffers without :func:`zero_momentum_buffers_`."""
+    for overflow_at in (0, 2):
+        with_overflow, without = small_network(), small_network()
+        optimizer = build_optimizer(name, with_overflow.parameters(), LR, MOMENTUM, WEIGHT_DECAY, fused=fused or None)
+        scales = scaled_training(with_overflow, optimizer, "fp16-mixed", overflow_at)
+        assert scales[overflow_at] == 32768.0 and scales[-1] == 32768.0
+        reference = build_optimizer(name, without.parameters(), LR, MOMENTUM, WEIGHT_DECAY, fused=fused or None)
+        for step in range(5):
+            if step != overflow_at:
+                reference.zero_grad()
+                loss_of(without, step).backward()
+                reference.step()
+        assert_same_parameters(with_overflow, without)
+
+
+def test_fused_momentum_buffers_exist_and_are_zero_before_the_first_step() -> None:
+    network = small_network()
+    optimizer = build_optimizer("lars", network.parameters(), LR, MOMENTUM, WEIGHT_DECAY, fused=True)
+    buffers = [optimizer.state[p]["momentum_buffer"] for p in network.parameters()]
+    assert len(buffers) == 5 and all(not b.any() for b in buffers)  # conv weight, BatchNorm's two, linear's two
+
+
+def test_a_disabled_scaler_steps_exactly_as_the_optimizer_alone() -> None:
+    """fp32 and bf16 go through the same :func:`scaled_step`, bit for bit as before it."""
+    plain, scaled = small_network(), small_network()
+    train(plain, build_optimizer("sgd", plain.parameters(), LR, MOMENTUM, WEIGHT_DECAY))
+    scaled_training(scaled, build_optimizer("sgd", scaled.parameters(), LR, MOMENTUM, WEIGHT_DECAY), "fp32")
+    assert_same_parameters(scaled, plain, atol=0.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ssl_core import precision
-from ssl_core.precision import cudnn_autotuning, resolve_precision, unsupported_precision
+from ssl_core.precision import autocast, cudnn_autotuning, loss_scaler, resolve_precision, unsupported_precision
 
 
 @pytest.mark.parametrize(
@@ -56,16 +56,40 @@ def fake_cpu(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool = Fal
 @pytest.mark.parametrize(
     ("name", "capability", "auto"),
     [
-        ("Tesla T4", (7, 5), "fp32"),
-        ("Tesla V100", (7, 0), "fp32"),
+        ("Tesla P100", (6, 0), "fp32"),
+        ("Tesla V100", (7, 0), "fp16-mixed"),
+        ("Tesla T4", (7, 5), "fp16-mixed"),
         ("A100", (8, 0), "bf16-mixed"),
         ("H100", (9, 0), "bf16-mixed"),
     ],
 )
-def test_auto_is_bf16_from_ampere_on(name: str, capability: tuple[int, int], auto: str, monkeypatch) -> None:
+def test_auto_is_bf16_from_ampere_on_and_fp16_on_volta_and_turing(
+    name: str, capability: tuple[int, int], auto: str, monkeypatch
+) -> None:
+    """Tensor cores: fp16 from Volta (7.0) on, bf16 from Ampere (8.0) on; a P100 has neither."""
     gpu = fake_gpu(monkeypatch, name, capability)
     assert resolve_precision("auto", gpu) == auto
     assert resolve_precision("fp32", gpu) == "fp32"
+    assert resolve_precision("fp16-mixed", gpu) == "fp16-mixed"
+
+
+def test_fp16_is_refused_off_cuda_naming_what_to_use() -> None:
+    with pytest.raises(ValueError, match=r"precision='fp16-mixed': fp16-mixed is for CUDA GPUs, not cpu: use 'auto'"):
+        resolve_precision("fp16-mixed", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("fp32", torch.float32), ("bf16-mixed", torch.bfloat16), ("fp16-mixed", torch.float16)]
+)
+def test_autocast_computes_a_matrix_product_in_the_precisions_type(precision: str, dtype: torch.dtype) -> None:
+    a = torch.randn(4, 4)
+    with autocast("cpu", precision):
+        assert (a @ a).dtype == dtype
+
+
+def test_only_fp16_scales_the_loss() -> None:
+    cpu = torch.device("cpu")
+    assert [loss_scaler(cpu, p).is_enabled() for p in ("fp32", "bf16-mixed", "fp16-mixed")] == [False, False, True]
 
 
 def test_bf16_on_a_gpu_without_bf16_convolutions_is_refused_naming_the_gpu(monkeypatch) -> None:

@@ -110,6 +110,13 @@ def test_bf16_on_a_gpu_without_it_is_refused_before_training_naming_the_key(sect
     check_training(getattr(load_params(write_params(tmp_path, **{section: {"device": "cuda"}})), section), section)
 
 
+@pytest.mark.parametrize("section", ["pretrain", "teacher"])
+def test_fp16_on_a_cpu_is_refused_before_training_naming_the_key(section: str, tmp_path: Path) -> None:
+    params = load_params(write_params(tmp_path, **{section: {"device": "cpu", "precision": "fp16-mixed"}}))
+    with pytest.raises(ParamsError, match=rf"^{section}\.precision = 'fp16-mixed': fp16-mixed is for CUDA GPUs"):
+        check_training(getattr(params, section), section)
+
+
 def test_the_evaluate_stage_refuses_bf16_on_such_a_gpu_before_reading_anything(t4, tmp_path: Path) -> None:
     from tasks.evaluate import stage
 
