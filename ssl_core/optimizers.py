@@ -156,7 +156,8 @@ def zero_momentum_buffers_(optimizer: torch.optim.SGD) -> None:
     Why: fused SGD creates its buffers with ``torch.empty_like`` on its first step and leaves them to
     the kernel, which returns early where a gradient scaler found an overflow. fp16-mixed's first
     step often overflows at the initial loss scale, so the second step would go on from uninitialized
-    memory (weights of 1e28 after two steps, torch 2.11-2.14; LibreYOLO#771 met the same).
+    memory: weights of 1e28 after two steps (measured with torch 2.14 on the CPU; LibreYOLO#771 met the
+    same with torch 2.11 on a GPU).
     """
     for group in optimizer.param_groups:
         for parameter in group["params"]:
