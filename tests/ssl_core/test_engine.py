@@ -235,11 +235,11 @@ def with_loss_times(method: SimCLR, factor: float, inputs_times: float = 1.0) ->
     activations out of fp16's range, as a recipe or data could have them."""
     step = method.training_step
 
-    def scaled_step(views: list[torch.Tensor]) -> StepOutput:
+    def exaggerated_step(views: list[torch.Tensor]) -> StepOutput:
         output = step([v * inputs_times for v in views])
         return dataclasses.replace(output, loss=output.loss * factor)
 
-    method.training_step = scaled_step
+    method.training_step = exaggerated_step
     return method
 
 
