@@ -16,9 +16,9 @@ from benchmarks.benchmark_data import DATASETS
 from benchmarks.lightly_side_by_side import METHODS, SIDES, import_lightly, main
 from tests.datasets import cut_cifar10
 
-TRAIN_PER_CLASS = 8  # 80 images: 2 steps of 32 per side
+TRAIN_PER_CLASS = 4  # 40 images: 2 steps of 16 per side
 TEST_PER_CLASS = 4
-BATCH_SIZE = 32
+BATCH_SIZE = 16
 
 
 @pytest.fixture

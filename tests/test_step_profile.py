@@ -12,7 +12,7 @@ from benchmarks import step_profile
 
 
 def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
-    options = ["--device", "cpu", "--no-compile", "--batch-size", "8", "--calls", "1", "--bank-size", "1000"]
+    options = ["--device", "cpu", "--no-compile", "--batch-size", "2", "--calls", "1", "--bank-size", "1000"]
     step_profile.main([*options, "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     for key in (
@@ -35,8 +35,8 @@ def test_eager_profile_writes_its_figures(tmp_path: Path) -> None:
     assert "| the same in multi-tensor kernels (ema_update) |" in table
     assert "| SimCLR's checkpoint (model and optimizer state) to a local file |" in table
     assert "| RankMe of a 1,000 x 512 kNN bank, once an epoch |" in table
-    assert "| BYOL's target network alone: both views forward, no gradient, 8 images |" in table
-    assert "| SimCLR step, each view through the network on its own, 8 images |" in table
+    assert "| BYOL's target network alone: both views forward, no gradient, 2 images |" in table
+    assert "| SimCLR step, each view through the network on its own, 2 images |" in table
 
 
 def test_a_profile_cut_short_keeps_the_figures_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,11 +48,11 @@ def test_a_profile_cut_short_keeps_the_figures_it_measured(tmp_path: Path, monke
     monkeypatch.setattr(step_profile, "ema_seconds", stopped)
     with pytest.raises(KeyboardInterrupt):
         step_profile.main(
-            ["--device", "cpu", "--no-compile", "--batch-size", "8", "--calls", "1", "--out", str(tmp_path)]
+            ["--device", "cpu", "--no-compile", "--batch-size", "2", "--calls", "1", "--out", str(tmp_path)]
         )
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["byol_step_ms"] > 0 and results["draw_ms"] > 0 and "ema_foreach_ms" not in results
-    assert "| BYOL step (with its target's forward and EMA), 8 images |" in (tmp_path / "results.md").read_text()
+    assert "| BYOL step (with its target's forward and EMA), 2 images |" in (tmp_path / "results.md").read_text()
 
 
 def test_a_failed_measurement_is_recorded_with_its_error(tmp_path: Path) -> None:
