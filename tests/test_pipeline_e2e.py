@@ -125,14 +125,59 @@ def test_a_clone_that_pulls_from_the_dvc_remote_has_nothing_to_reproduce(
     assert ran_stages(result.stdout) == [] and "up to date" in result.stdout
 
 
-def test_prefect_flow_reports_every_stage_cached(project: Path, first_metrics: dict) -> None:
-    result = sh(project, sys.executable, "-m", "flows.pipeline")
-    lines = dict(
-        line.split() for line in result.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGE_NAMES
+@pytest.fixture()
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `prefect server start` (tests/servers.py); yields its API URL.
+
+    Per test: a running server's background services take CPU from the tests after it (measured: +3.5 min in CI).
+    """
+    with servers.prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
+        yield url
+
+
+def test_a_second_run_waits_then_is_refused_and_the_flow_reports_every_stage_cached(
+    project: Path, first_metrics: dict, prefect_server: str, tmp_path: Path
+) -> None:
+    """Against a real Prefect server: while one run holds the project's slot, another is refused. Then the flow
+    runs, every stage Cached (DVC has every output), and publishes its summary as a Markdown artifact."""
+    release = tmp_path / "release"
+    holder = subprocess.Popen(
+        [
+            "env",
+            f"PREFECT_API_URL={prefect_server}",
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from flows.pipeline import one_run_per_project\n"
+            f"with one_run_per_project({str(project)!r}, 60):\n"
+            "    print('holding', flush=True)\n"
+            f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.2)\n",
+        ],
+        cwd=project,
+        env=environment(project),
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    assert lines == {stage: "Cached" for stage in STAGE_NAMES}
-    # The run's Markdown artifact, read back from Prefect's database.
-    inspected = sh(project, "prefect", "artifact", "inspect", "ssl-pipeline-summary", "--limit", "1", "-o", "json")
+    flow = ["env", f"PREFECT_API_URL={prefect_server}", sys.executable, "-m", "flows.pipeline"]
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        refused = sh(project, *flow, "--wait-for-other-run", "3", check=False)
+        assert refused.returncode != 0
+        assert "PipelineBusyError: Another pipeline run of" in refused.stderr + refused.stdout
+        assert "for more than 3 s; this run was refused" in refused.stderr + refused.stdout
+    finally:
+        release.touch()
+        holder.wait(timeout=60)
+    result = sh(project, *flow)  # the slot is free again: the run goes through every stage
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [row for row in rows if row[:1] and row[0] in STAGE_NAMES] == [[stage, "Cached"] for stage in STAGE_NAMES]
+    # The run's Markdown artifact, read back from the server's database.
+    inspected = sh(
+        project,
+        "env",
+        f"PREFECT_API_URL={prefect_server}",
+        *("prefect", "artifact", "inspect", "ssl-pipeline-summary", "--limit", "1", "-o", "json"),
+    )
     artifact = json.loads(inspected.stdout)[0]["data"]
     assert "| register | Cached |" in artifact and "kNN top-1 (k=200" in artifact
     assert f"{first_metrics['student']['top1']:.4f}" in artifact and "## Curation" in artifact
@@ -172,53 +217,6 @@ def test_the_flow_retries_a_registry_outage_but_not_a_users_mistake(project: Pat
     finally:
         params_file.write_text(original)
         shutil.rmtree(project / "data/empty", ignore_errors=True)
-
-
-@pytest.fixture()
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `prefect server start` (tests/servers.py); yields its API URL.
-
-    Per test: a running server's background services take CPU from the tests after it (measured: +3.5 min in CI).
-    """
-    with servers.prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
-        yield url
-
-
-def test_a_second_run_of_the_project_waits_then_is_refused(
-    project: Path, first_metrics: dict, prefect_server: str, tmp_path: Path
-) -> None:
-    """Against a real Prefect server: while one run holds the project's slot, another is refused; then it runs."""
-    release = tmp_path / "release"
-    holder = subprocess.Popen(
-        [
-            "env",
-            f"PREFECT_API_URL={prefect_server}",
-            sys.executable,
-            "-c",
-            "import sys, time, pathlib\n"
-            "from flows.pipeline import one_run_per_project\n"
-            f"with one_run_per_project({str(project)!r}, 60):\n"
-            "    print('holding', flush=True)\n"
-            f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.2)\n",
-        ],
-        cwd=project,
-        env=environment(project),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    flow = ["env", f"PREFECT_API_URL={prefect_server}", sys.executable, "-m", "flows.pipeline"]
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        refused = sh(project, *flow, "--wait-for-other-run", "3", check=False)
-        assert refused.returncode != 0
-        assert "PipelineBusyError: Another pipeline run of" in refused.stderr + refused.stdout
-        assert "for more than 3 s; this run was refused" in refused.stderr + refused.stdout
-    finally:
-        release.touch()
-        holder.wait(timeout=60)
-    result = sh(project, *flow)  # the slot is free again: the run goes through every stage
-    table = [line.split()[0] for line in result.stdout.splitlines() if line[:1].isalpha() and " " in line]
-    assert [name for name in table if name in STAGE_NAMES] == list(STAGE_NAMES)
 
 
 def test_one_param_change_reruns_only_downstream_stages(project: Path, first_metrics: dict) -> None:

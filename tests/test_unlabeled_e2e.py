@@ -1,15 +1,18 @@
 """End to end without labels: a flat folder of 150 real images to a registered ONNX model that ``sslpipe serve`` serves.
 
-The user this product is for: many unlabeled images, no class folders. ``dvc repro``
-runs every stage; evaluate reports the label-free metrics only (and says why there is
-no kNN); register promotes on RankMe; the champion is then served by the real CLI
-process over HTTP, and its embeddings equal the exported ONNX file's.
+The user this product is for: many unlabeled images, no class folders. ``sslpipe run``
+runs every stage in one process (``tests/test_pipeline_e2e.py`` runs them through
+``dvc repro``, one process each); evaluate reports the label-free metrics only (and says
+why there is no kNN), as does the run's summary; register promotes on RankMe; the
+champion is then served by the real CLI process over HTTP, and its embeddings equal the
+exported ONNX file's.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ import pytest
 import yaml
 
 from tasks.stages import STAGE_NAMES
-from tests.project import make_project, ran_stages, sh
+from tests.project import make_project, sh
 from tests.servers import served_embeddings
 
 pytestmark = pytest.mark.slow
@@ -33,17 +36,35 @@ def flat_folder(archive: Path, destination: Path, count: int) -> Path:
     return destination
 
 
+@dataclass(frozen=True)
+class UnlabeledRun:
+    project: Path
+    output: str  # what `sslpipe run` printed
+
+
 @pytest.fixture(scope="module")
-def unlabeled_project(tmp_path_factory: pytest.TempPathFactory, tiny_cifar_archive: Path) -> Path:
+def unlabeled_run(tmp_path_factory: pytest.TempPathFactory, tiny_cifar_archive: Path) -> UnlabeledRun:
     project = make_project(tmp_path_factory.mktemp("unlabeled"), tiny_cifar_archive)
     flat_folder(tiny_cifar_archive, project / "data/frames", 150)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["ingest"]["source"] = "data/frames"
     params["curate"]["selection"]["size"] = 20
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = sh(project, "dvc", "repro")
-    assert ran_stages(result.stdout) == list(STAGE_NAMES)
-    return project
+    result = sh(project, "sslpipe", "run")
+    return UnlabeledRun(project, result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="module")
+def unlabeled_project(unlabeled_run: UnlabeledRun) -> Path:
+    return unlabeled_run.project
+
+
+def test_every_stage_ran_and_the_summary_says_why_there_is_no_knn(unlabeled_run: UnlabeledRun) -> None:
+    assert [f"== {stage} ==" in unlabeled_run.output for stage in STAGE_NAMES] == [True] * len(STAGE_NAMES)
+    assert "Pipeline finished" in unlabeled_run.output
+    skipped = "no image of the train split has a label"
+    assert f"no labeled images: label-free metrics only ({skipped})" in unlabeled_run.output
+    assert "kNN top-1" not in unlabeled_run.output
 
 
 def test_a_flat_unlabeled_folder_gets_label_free_metrics_and_a_champion(unlabeled_project: Path) -> None:
