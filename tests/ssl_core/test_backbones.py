@@ -102,17 +102,18 @@ def test_a_non_resnet_backbone_pretrains_through_the_engine(cifar_folder, tmp_pa
 
 
 def test_eval_mode_features_survive_a_short_run_of_a_low_momentum_batchnorm_model():
-    """torchvision's MobileNetV3 comes with BatchNorm momentum 0.01: after 200 training-mode steps its
-    running statistics still lean on their initial (0, 1), and eval-mode features vanish (4e-6 of the
-    training-mode scale, measured). Built here with PyTorch's 0.1, they are on that scale (0.79)."""
+    """torchvision's MobileNetV3 comes with BatchNorm momentum 0.01: after 100 training-mode steps its
+    running statistics still lean on their initial (0, 1), and eval-mode features vanish (1e-7 of the
+    training-mode scale, measured). Built here with PyTorch's 0.1, they are on that scale: 2.2x here, 1.8-2.6x
+    at other step counts and batch sizes (the bound of 2 that 200 steps of 64 were held to passed by 0.0007)."""
     torch.manual_seed(0)
     backbone = build_backbone("mobilenet_v3_small", 32).module
     momenta = {m.momentum for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     assert momenta == {0.1}
-    images = torch.rand(64, 3, 32, 32)
+    images = torch.rand(32, 3, 32, 32)
     with torch.no_grad():
-        for _ in range(200):
-            backbone.train()(torch.rand(64, 3, 32, 32))
+        for _ in range(100):
+            backbone.train()(torch.rand(32, 3, 32, 32))
         train_std = backbone.train()(images).std(dim=0).mean()
         eval_std = backbone.eval()(images).std(dim=0).mean()
-    assert 0.5 < eval_std / train_std < 2
+    assert 0.2 < eval_std / train_std < 5
