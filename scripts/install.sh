@@ -26,9 +26,10 @@ if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install --quiet --no-compile --constraint constraints.txt --editable ".${extras}" 2>&1 \
     | grep -v -E "Location '.*' is ignored" || true
   # Some packages ship files that are not Python 3 (templates, test data): compileall reports them
-  # and exits 1, as pip's own compile step would silently skip them.
-  .venv/bin/python -m compileall -q -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
-    || true
+  # and exits 1, as pip's own compile step would silently skip them. Their own test suites (pandas',
+  # sympy's, scipy's: 3,700 of 21,600 files) are never imported: skipped (49 s -> 36 s on 2 cores).
+  .venv/bin/python -m compileall -q -q -j 0 -x '/tests?/' \
+    "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
