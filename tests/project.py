@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def make_project(destination: Path, archive: Path) -> Path:
         ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "init"],
     ):
         subprocess.run(command, cwd=destination, check=True)
+    return destination
+
+
+def flat_unlabeled_folder(archive: Path, destination: Path, count: int) -> Path:
+    """The first ``count`` train images of the archive, renamed into one flat folder: no labels, no splits."""
+    destination.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and "/train/" in m.name][:count]
+        for i, member in enumerate(members):
+            (destination / f"frame_{i:04d}.jpg").write_bytes(tar.extractfile(member).read())
     return destination
 
 

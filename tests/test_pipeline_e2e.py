@@ -1,18 +1,23 @@
-"""End to end on 300 real CIFAR-10 images: DVC, Prefect, MLflow registry, serving, CLI.
+"""End to end on real CIFAR-10 images: DVC, Prefect, MLflow registry, serving, CLI.
 
-One project copy in a temporary folder goes through the whole life of a user's
-repository, in order: ``dvc repro`` (ingest, curate, then every stage on the
-curated data); ``dvc repro`` again (a no-op); the Prefect flow
-(every stage Cached); a parameter change (only downstream stages rerun); an edit of
-each project file (exactly the stages that import it go stale); the champion served
-by registry alias; the champion reused as a distillation teacher. Then what a team
-runs: the CLI's ``sslpipe run`` (no DVC, no Prefect) in a second copy, against a real
-``mlflow server`` on SQLite reached at ``MLFLOW_TRACKING_URI=http://...``, gives the
-same metrics; every artifact is uploaded through the server into its
-``--artifacts-destination`` and none is left in the project; a second registration
-becomes version 2 and the gate, reading the champion's tags from the server, decides;
-``sslpipe serve`` downloads the champion from the server. The model that run trained is
-then registered into a server on PostgreSQL, where only the registry differs.
+One project copy in a temporary folder (300 images in class folders) goes through the
+whole life of a user's repository, in order: ``dvc repro`` (ingest, curate, then every
+stage on the curated data); ``dvc repro`` again (a no-op); a clone that pulls the
+outputs from a DVC remote; the Prefect flow (a second run refused while one holds the
+project, then every stage Cached); a parameter change (only downstream stages rerun);
+an edit of each project file (exactly the stages that import it go stale); the
+champion served by registry alias; the champion reused as a distillation teacher.
+
+Then what a team runs, on the data this product is for: a flat folder of 150 unlabeled
+images in a second copy. The CLI's ``sslpipe run`` (no DVC, no Prefect, every stage in
+one process) against a real ``mlflow server`` on SQLite reached at
+``MLFLOW_TRACKING_URI=http://...``: evaluate reports the label-free metrics only and
+says why there is no kNN, as does the run's summary; register promotes on RankMe;
+every artifact is uploaded through the server into its ``--artifacts-destination`` and
+none is left in the project; a second registration becomes version 2 and the gate,
+reading the champion's tags from the server, decides; ``sslpipe serve`` downloads the
+champion from the server and serves the ONNX file's embeddings. The model that run
+trained is then registered into a server on PostgreSQL, where only the registry differs.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from ssl_core.manifest import read_manifest
 from tasks.stages import STAGE_NAMES, STAGES
 from tests import servers
 from tests.datasets import REPO_ROOT
-from tests.project import environment, make_project, ran_stages, sh
+from tests.project import environment, flat_unlabeled_folder, make_project, ran_stages, sh
 from tests.servers import MlflowServer, mlflow_server, postgres_server, served_embeddings
 
 pytestmark = pytest.mark.slow
@@ -381,13 +386,14 @@ def test_a_temporary_dvc_experiment_registers_into_the_projects_store(project: P
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # no throwaway store in the experiment's copy
 
 
-# ## A team's MLflow server: the CLI's run in a second copy, tracked and registered over HTTP
+# ## A team's MLflow server: the CLI's run on unlabeled images, tracked and registered over HTTP
 
 BACKENDS = ("sqlite", "postgresql")
 MODEL = "ssl-embedder"
 # What the project would write for its own store if the server were not used.
 LOCAL_STORE = ("mlflow.db", "mlartifacts", "mlruns")
-MARGIN = 0.5  # of kNN top-1: more than the same model, registered again, can beat its champion by
+MARGIN = 0.5  # of RankMe: more than the same model, registered again with the same score, can beat its champion by
+UNLABELED_IMAGES = 150
 
 
 @dataclass(frozen=True)
@@ -396,7 +402,7 @@ class Registered:
 
     server: MlflowServer
     project: Path
-    run_output: str  # what `sslpipe run` printed
+    run_output: str  # what `sslpipe run` printed and logged
     first: dict  # reports/registration.json after `sslpipe run`
     second: dict  # after `sslpipe register` once more, with champion_margin=MARGIN
 
@@ -417,13 +423,19 @@ def register_again(project: Path, server: MlflowServer) -> dict:
 
 @pytest.fixture(scope="module")
 def on_sqlite(tiny_cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
-    """`sslpipe run` in a second copy of the project against a server on SQLite, then `sslpipe register` again."""
-    project = make_project(tmp_path_factory.mktemp("cli-run"), tiny_cifar_archive)
+    """`sslpipe run` on a flat folder of unlabeled images against a server on SQLite, then `sslpipe register` again."""
+    project = make_project(tmp_path_factory.mktemp("unlabeled"), tiny_cifar_archive)
+    flat_unlabeled_folder(tiny_cifar_archive, project / "data/frames", UNLABELED_IMAGES)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["source"] = "data/frames"
+    params["curate"]["selection"]["size"] = 20
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     folder = tmp_path_factory.mktemp("mlflow-sqlite")
     with mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", folder / "server") as server:
         result = sh(project, "env", f"MLFLOW_TRACKING_URI={server.url}", "sslpipe", "run")
         first = json.loads((project / "reports/registration.json").read_text())
-        yield Registered(server, project, result.stdout, first, register_again(project, server))
+        output = result.stdout + result.stderr
+        yield Registered(server, project, output, first, register_again(project, server))
 
 
 @pytest.fixture(scope="module")
@@ -442,13 +454,28 @@ def registered(request: pytest.FixtureRequest) -> Registered:
     return request.getfixturevalue(f"on_{request.param}")
 
 
-def test_cli_run_reproduces_the_dvc_metrics(first_metrics: dict, on_sqlite: Registered) -> None:
-    """No DVC, no Prefect, a tracking server instead of the project's store: the same numbers as `dvc repro`."""
-    assert json.loads((on_sqlite.project / "reports/evaluate/metrics.json").read_text()) == first_metrics
-    assert "Pipeline finished" in on_sqlite.run_output
+def test_the_cli_run_on_unlabeled_images_scores_them_without_labels_and_links_the_servers_version(
+    on_sqlite: Registered,
+) -> None:
+    """No DVC, no Prefect, no labels, a tracking server instead of the project's store: every stage ran, the
+    label-free metrics decided, and the summary says why there is no kNN and where the version is."""
+    output, project = on_sqlite.run_output, on_sqlite.project
+    assert [f"== {stage} ==" in output for stage in STAGE_NAMES] == [True] * len(STAGE_NAMES)
+    assert "Pipeline finished" in output and "kNN top-1" not in output
+    assert "no labeled images: label-free metrics only (no image of the train split has a label)" in output
     # The summary points at the version's page on the server (a local store would need `mlflow ui`).
-    version_page = f"{on_sqlite.server.url}/#/models/{MODEL}/versions/1"
-    assert f"MLflow UI     : {version_page}" in on_sqlite.run_output
+    assert f"MLflow UI     : {on_sqlite.server.url}/#/models/{MODEL}/versions/1" in output
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    curated = json.loads((project / "data/curated/report.json").read_text())
+    assert metrics["labels"] == {"skipped": "no image of the train split has a label"}
+    assert metrics["num_images"] == metrics["num_unlabeled"] == curated["counts"]["kept"] <= UNLABELED_IMAGES
+    assert "top1" not in metrics["student"]
+    for name in ("student", "random_init"):
+        assert 1.0 < metrics[name]["rankme"] <= UNLABELED_IMAGES and -4.0 < metrics[name]["uniformity"] < 0.0
+    assert (project / "reports/evaluate/evaluation.png").stat().st_size > 10_000
+    first = on_sqlite.first
+    assert first["gate_metric"] == "rankme" and first["tags"]["rankme"] == first["tags"]["gate_value"]
+    assert first["tags"]["rankme"] == f"{metrics['student']['rankme']:.6f}"
 
 
 def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(registered: Registered) -> None:
@@ -460,7 +487,7 @@ def test_the_run_registers_on_the_server_with_artifacts_in_its_destination(regis
     assert champion.version == "1" and champion.run_id == first["run_id"]
     assert champion.tags["gate_value"] == first["tags"]["gate_value"]
     run = client.get_run(first["run_id"])
-    assert run.data.params["training.epochs"] == "1" and {"train_loss", "student.top1"} <= run.data.metrics.keys()
+    assert run.data.params["training.epochs"] == "1" and {"train_loss", "student.rankme"} <= run.data.metrics.keys()
     # Uploaded through the server (mlflow-artifacts:/), stored in its --artifacts-destination.
     assert client.get_experiment(first["experiment_id"]).artifact_location.startswith("mlflow-artifacts:/")
     checkpoints = [p for p in server.artifacts.rglob("model.pt") if first["run_id"] in p.parts]
@@ -508,7 +535,7 @@ def test_sslpipe_serve_serves_the_champion_from_the_server(on_sqlite: Registered
     from ssl_core.onnx_embedder import OnnxEmbedder
 
     project, cache = on_sqlite.project, tmp_path / "serving"
-    images = sorted((project / "data/ingested/images/test").rglob("*.jpg"))[:4]
+    images = sorted((project / "data/frames").glob("*.jpg"))[:4]
     answer = served_embeddings(
         project,
         f"models:/{MODEL}@champion",
