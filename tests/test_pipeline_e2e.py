@@ -460,14 +460,15 @@ def test_the_cli_run_on_unlabeled_images_scores_them_without_labels_and_links_th
     """No DVC, no Prefect, no labels, a tracking server instead of the project's store: every stage ran, the
     label-free metrics decided, and the summary says why there is no kNN and where the version is."""
     output, project = on_sqlite.run_output, on_sqlite.project
+    why = "no image of the train split has a label"
     assert [f"== {stage} ==" in output for stage in STAGE_NAMES] == [True] * len(STAGE_NAMES)
     assert "Pipeline finished" in output and "kNN top-1" not in output
-    assert "no labeled images: label-free metrics only (no image of the train split has a label)" in output
+    assert f"no labeled images: label-free metrics only ({why})" in output
     # The summary points at the version's page on the server (a local store would need `mlflow ui`).
     assert f"MLflow UI     : {on_sqlite.server.url}/#/models/{MODEL}/versions/1" in output
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
     curated = json.loads((project / "data/curated/report.json").read_text())
-    assert metrics["labels"] == {"skipped": "no image of the train split has a label"}
+    assert metrics["labels"] == {"skipped": why}
     assert metrics["num_images"] == metrics["num_unlabeled"] == curated["counts"]["kept"] <= UNLABELED_IMAGES
     assert "top1" not in metrics["student"]
     for name in ("student", "random_init"):
