@@ -126,9 +126,16 @@ have_lightly() {  # the lightly package importable from the carried wheels (unpa
   unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null
 }
 pack() { tar -czf "$OUT/results.tar.gz" -C "$results" . ; }
-bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $results/NAME
+bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $results/NAME, never past BUDGET_S
   local name=$1 limit=$2
   shift 2
+  # A stage's own timeout ends within the budget too: a short call (BUDGET_S of a session's leftover device time)
+  # stops each stage in time to pack what it measured, instead of being killed with it.
+  [ "$limit" -gt $(( $(left) - 5 )) ] && limit=$(( $(left) - 5 ))
+  if [ "$limit" -lt 20 ]; then
+    echo "== $name skipped: $(left)s left"
+    return
+  fi
   echo "== $name (timeout ${limit}s, $(left)s left)"
   # Each stage its own checkpoints (same fingerprints otherwise), one extraction of the archive for all
   # (SESSION_DATA: another, for another archive).
