@@ -84,6 +84,10 @@ WORKERS=${WORKERS:-14}
 EXTRA=${EXTRA:-}               # e.g. "--train-per-class 20 --test-per-class 10 --device cpu" for a smoke run
 STEP_PROFILE_ARGS=${STEP_PROFILE_ARGS:-}  # e.g. "--batch-size 32 --calls 2 --device cpu" for a smoke run
 PLAN=${PLAN:-auto}
+case "$PLAN" in  # before any work: a mistyped plan costs no device time
+  auto | accuracy | accuracy-long | compile | distillation | table | speed) ;;
+  *) echo "PLAN must be auto, accuracy, accuracy-long, compile, distillation, table or speed, not $PLAN" >&2; exit 2 ;;
+esac
 ACCURACY_EPOCHS=${ACCURACY_EPOCHS:-15}
 ACCURACY_LONG_S=${ACCURACY_LONG_S:-155}  # each run of PLAN=accuracy-long but the last (about 37 epochs), seconds
 # The side by side's CIFAR-10 subset: all of it by default. Its arguments come last, so a smoke run may override
@@ -239,11 +243,14 @@ accuracy_long() {
     echo "== no lightly: run 1 skipped (carry its wheels in $DATASETS/wheels, benchmarks/README.md)"
   fi
   local dose=/tmp/gpu-session-jpeg-q50
-  if "$PY" benchmarks/reencode_jpeg.py "$DATASETS/cifar10-jpeg.tar.gz" "$dose" --quality 50 --workers "$WORKERS" \
+  if [ "$(left)" -lt 60 ]; then  # re-encoding 60,000 images is not worth a run of under 20 s
+    echo "== $prefix-jpeg-q50 skipped: $(left)s left"
+  elif "$PY" benchmarks/reencode_jpeg.py "$DATASETS/cifar10-jpeg.tar.gz" "$dose" --quality 50 --workers "$WORKERS" \
       > /tmp/gpu-session-reencode.log 2>&1; then
     DATASETS=$dose SESSION_DATA=/tmp/gpu-session-data-q50 bench "$prefix-jpeg-q50" "$ACCURACY_LONG_S" \
       --loader device --methods simclr --epochs 200
-    cp "$dose/cifar10-jpeg.tar.gz.reencode.json" "$results/$prefix-jpeg-q50/reencode.json"
+    local run="$results/$prefix-jpeg-q50"
+    [ -d "$run" ] && cp "$dose/cifar10-jpeg.tar.gz.reencode.json" "$run/reencode.json"
   else
     echo "== re-encoding failed: run 2 skipped"; cat /tmp/gpu-session-reencode.log
   fi
@@ -446,7 +453,6 @@ case "$PLAN" in
   table) table ;;
   speed) speed ;;
   compile) compile_step ;;
-  *) echo "PLAN must be auto, accuracy, accuracy-long, compile, distillation, table or speed, not $PLAN" >&2; exit 2 ;;
 esac
 kernel_profile
 cuda_tests

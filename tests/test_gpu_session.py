@@ -46,9 +46,10 @@ def test_a_call_with_too_little_budget_skips_every_stage_of_its_plan(tmp_path: P
     assert "torch" in result.stdout  # the machine's description still comes first
 
 
-def test_an_unknown_plan_is_refused_with_the_plans_there_are(tmp_path: Path) -> None:
+def test_an_unknown_plan_is_refused_with_the_plans_there_are_before_any_work(tmp_path: Path) -> None:
     result = session(tmp_path, PLAN="fastest", BUDGET_S="15")
     assert result.returncode == 2
+    assert result.stdout == "" and not (tmp_path / "out").exists()  # not even the machine's description
     assert "PLAN must be auto, accuracy, accuracy-long, compile, distillation, table or speed, not fastest" in (
         result.stderr
     )
