@@ -130,17 +130,21 @@ have_lightly() {  # the lightly package importable from the carried wheels (unpa
   unpack_wheels && PYTHONPATH="$PYLIB:$PYTHONPATH" "$PY" -c "import lightly" 2>/dev/null
 }
 pack() { tar -czf "$OUT/results.tar.gz" -C "$results" . ; }
+# within_budget NAME MIN_S: caps the calling stage's $limit at the budget left (less 5 s), and announces the stage;
+# false, saying so, when that leaves under MIN_S. A stage's own timeout thus ends within BUDGET_S: a short call (a
+# session's leftover device time) stops each stage in time to pack what it measured, instead of being killed with it.
+within_budget() {
+  [ "$limit" -gt $(( $(left) - 5 )) ] && limit=$(( $(left) - 5 ))
+  if [ "$limit" -lt "$2" ]; then
+    echo "== $1 skipped: $(left)s left"
+    return 1
+  fi
+  echo "== $1 (timeout ${limit}s, $(left)s left)"
+}
 bench() {  # bench NAME TIMEOUT_S ARGS...: one lightly_benchmark run into $results/NAME, never past BUDGET_S
   local name=$1 limit=$2
   shift 2
-  # A stage's own timeout ends within the budget too: a short call (BUDGET_S of a session's leftover device time)
-  # stops each stage in time to pack what it measured, instead of being killed with it.
-  [ "$limit" -gt $(( $(left) - 5 )) ] && limit=$(( $(left) - 5 ))
-  if [ "$limit" -lt 20 ]; then
-    echo "== $name skipped: $(left)s left"
-    return
-  fi
-  echo "== $name (timeout ${limit}s, $(left)s left)"
+  within_budget "$name" 20 || return 0
   # Each stage its own checkpoints (same fingerprints otherwise), one extraction of the archive for all
   # (SESSION_DATA: another, for another archive).
   local data=${SESSION_DATA:-/tmp/gpu-session-data}
@@ -396,14 +400,9 @@ kernel_profile_due() {  # once per engine: until a profile is committed; always 
 }
 
 kernel_profile_run() {  # kernel_profile_run NAME MAX_S ARGS...: one kernel_profile.py run into $results/NAME
-  local name=$1 limit=$(( $(left) - 5 ))
-  [ "$limit" -gt "$2" ] && limit=$2
+  local name=$1 limit=$2
   shift 2
-  if [ "$limit" -lt 25 ]; then
-    echo "== $name skipped: $(left)s left"
-    return
-  fi
-  echo "== $name (timeout ${limit}s, $(left)s left)"
+  within_budget "$name" 25 || return 0
   # shellcheck disable=SC2086
   timeout "$limit" "$PY" benchmarks/kernel_profile.py --out "$results/$name" "$@" $KERNEL_PROFILE_ARGS
   echo "== $name exit $? (124: timed out; the methods before it are kept)"
