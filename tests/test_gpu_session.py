@@ -8,7 +8,6 @@ stages before it come back, not run on until the call itself is killed.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def session(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """Runs the script; a run past 90 s (a stage left to its own 150-s timeout) fails, its processes killed."""
+    """Runs the script; a run past 90 s (a stage left to its own 150-s timeout) fails, with all it started killed."""
     script = subprocess.Popen(
         ["bash", "benchmarks/gpu_session.sh"],
         cwd=REPO_ROOT,
@@ -30,7 +29,8 @@ def session(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     try:
         stdout, stderr = script.communicate(timeout=90)
     except subprocess.TimeoutExpired:
-        os.killpg(script.pid, signal.SIGKILL)
+        # Its whole session: `timeout` runs each stage in a process group of its own.
+        subprocess.run(["pkill", "-KILL", "--session", str(script.pid)], check=False)
         script.communicate()
         raise AssertionError("gpu_session.sh ran past 90 s on a 15-s budget") from None
     return subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr)
